@@ -1,0 +1,31 @@
+"""Prefix-LM attention masks and 2D position ids of ChatGLM-6B (numpy only, shared by tokenizer and generation)."""
+import numpy as np
+
+
+def context_length(ids, bos_id):
+    """Index of `<sop>` in `ids`: everything before it is the bidirectional context (whole length if absent)."""
+    ids = list(ids)
+    return ids.index(bos_id) if bos_id in ids else len(ids)
+
+
+def prefix_lm_mask(ids, bos_id):
+    """Bool mask [1, seq, seq], True = masked: causal, plus full attention over the context."""
+    seq = len(ids)
+    ctx = context_length(ids, bos_id)
+    allowed = np.tril(np.ones((seq, seq), dtype=bool))
+    allowed[:, :ctx] = True
+    return ~allowed[None]
+
+
+def position_ids_2d(ids, bos_id, mask_id, gmask_id):
+    """Int64 [2, seq]: positions (frozen at the mask token from `<sop>` on) and block positions (0 then 1, 2, ...)."""
+    ids = list(ids)
+    seq = len(ids)
+    ctx = context_length(ids, bos_id)
+    positions = np.arange(seq, dtype=np.int64)
+    mask_token = mask_id if mask_id in ids else gmask_id
+    if mask_token in ids:
+        # Generated tokens all sit "at" the mask they fill in; block positions count inside the span.
+        positions[ctx:] = ids.index(mask_token)
+    block = np.concatenate([np.zeros(ctx, dtype=np.int64), np.arange(1, seq - ctx + 1, dtype=np.int64)])
+    return np.stack([positions, block], axis=0)
