@@ -17,13 +17,15 @@ def prefix_lm_mask(ids, bos_id):
     return ~allowed[None]
 
 
-def position_ids_2d(ids, bos_id, mask_id, gmask_id):
+def position_ids_2d(ids, bos_id, mask_id, gmask_id, prefer_gmask=False):
     """Int64 [2, seq]: positions (frozen at the mask token from `<sop>` on) and block positions (0 then 1, 2, ...)."""
     ids = list(ids)
     seq = len(ids)
     ctx = context_length(ids, bos_id)
     positions = np.arange(seq, dtype=np.int64)
-    mask_token = mask_id if mask_id in ids else gmask_id
+    # Upstream's tokenizer looks for [MASK] first, its model for [gMASK] first; they differ only when both occur.
+    first, second = (gmask_id, mask_id) if prefer_gmask else (mask_id, gmask_id)
+    mask_token = first if first in ids else second
     if mask_token in ids:
         # Generated tokens all sit "at" the mask they fill in; block positions count inside the span.
         positions[ctx:] = ids.index(mask_token)

@@ -1,0 +1,46 @@
+"""Static key/value cache: preallocated buffers written by index, so shapes never change while decoding."""
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+import mindspore as ms
+
+
+class KVCache(nn.Cell):
+    """Key and value buffers [batch, heads, capacity, head_dim], updated in place at given positions."""
+
+    def __init__(self, num_heads, head_dim, dtype=ms.float32):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.key = Parameter(Tensor(np.zeros((1, num_heads, 1, head_dim), np.float32)).astype(dtype),
+                             requires_grad=False)
+        self.value = Parameter(Tensor(np.zeros((1, num_heads, 1, head_dim), np.float32)).astype(dtype),
+                               requires_grad=False)
+
+    def allocate(self, batch, capacity, dtype):
+        """Zeroed buffers for `batch` sequences of up to `capacity` tokens (reused when the shape matches)."""
+        shape = (batch, self.num_heads, capacity, self.head_dim)
+        if self.key.shape == shape and self.key.dtype == dtype:
+            self.key.set_data(ops.zeros(shape, dtype))
+            self.value.set_data(ops.zeros(shape, dtype))
+        else:
+            # New Parameters rather than set_data: a resized buffer must not keep the old device allocation.
+            self.key = Parameter(ops.zeros(shape, dtype), name=self.key.name, requires_grad=False)
+            self.value = Parameter(ops.zeros(shape, dtype), name=self.value.name, requires_grad=False)
+
+    def reorder(self, index):
+        """Keep rows `index` of the batch (beam search)."""
+        for buf in (self.key, self.value):
+            buf.set_data(ops.gather(buf, index, 0))
+
+    def construct(self, key, value, positions):
+        """Write key/value [b, heads, s, head_dim] at cache slots `positions` [s]; return the whole buffers."""
+        b, h, s, _ = key.shape
+        # tile (not broadcast_to): the scatter reads the index as flat memory, so it must be materialized.
+        batch_idx = ops.tile(ops.arange(b, dtype=ms.int32).reshape(b, 1, 1, 1), (1, h, s, 1))
+        head_idx = ops.tile(ops.arange(h, dtype=ms.int32).reshape(1, h, 1, 1), (b, 1, s, 1))
+        slot_idx = ops.tile(positions.astype(ms.int32).reshape(1, 1, s, 1), (b, h, 1, 1))
+        index = ops.concat([batch_idx, head_idx, slot_idx], -1)
+        # Views from split/transpose must be materialized before a scatter reads them as flat memory.
+        ops.scatter_nd_update(self.key, index, key.astype(self.key.dtype).contiguous())
+        ops.scatter_nd_update(self.value, index, value.astype(self.value.dtype).contiguous())
+        return self.key, self.value

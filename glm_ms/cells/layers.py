@@ -1,0 +1,52 @@
+"""Parameter-holding primitives whose attribute names match the checkpoint: Linear, Embedding, LayerNorm."""
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+import mindspore as ms
+
+
+def _zeros(shape, dtype):
+    return Parameter(Tensor(np.zeros(shape, dtype=np.float32)).astype(dtype))
+
+
+class Linear(nn.Cell):
+    """y = x Wᵀ + b with W stored [out, in] as in the checkpoint."""
+
+    def __init__(self, in_features, out_features, bias=True, dtype=ms.float32):
+        super().__init__()
+        self.weight = _zeros((out_features, in_features), dtype)
+        self.bias = _zeros((out_features,), dtype) if bias else None
+        # transpose_b reads W as stored; ops.matmul(x, W.T) would copy the weight every call (~20x slower).
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, x):
+        shape = x.shape
+        y = self.matmul(x.reshape(-1, shape[-1]), self.weight)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(shape[:-1] + (self.weight.shape[0],))
+
+
+class Embedding(nn.Cell):
+    """Token id → row of `weight` [vocab, hidden]."""
+
+    def __init__(self, num_embeddings, embedding_dim, dtype=ms.float32):
+        super().__init__()
+        self.weight = _zeros((num_embeddings, embedding_dim), dtype)
+
+    def construct(self, ids):
+        return ops.gather(self.weight, ids, 0)
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm over the last axis whose statistics are always taken in float32."""
+
+    def __init__(self, hidden_size, eps=1e-5, dtype=ms.float32):
+        super().__init__()
+        self.weight = Parameter(Tensor(np.ones((hidden_size,), dtype=np.float32)).astype(dtype))
+        self.bias = _zeros((hidden_size,), dtype)
+        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+    def construct(self, x):
+        # fp16 variance over 4096 channels overflows/loses precision; the reference and 910A kernels use fp32.
+        y, _, _ = self.norm(x.astype(ms.float32), self.weight.astype(ms.float32), self.bias.astype(ms.float32))
+        return y.astype(x.dtype)
