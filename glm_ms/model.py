@@ -132,7 +132,7 @@ class ChatGLMCausalLM(nn.Cell):
         self.compute_dtype = resolve_dtype(dtype)
         for _, param in self.parameters_and_names():
             if param.dtype != self.compute_dtype:
-                param.set_data(param.astype(self.compute_dtype))
+                param.set_dtype(self.compute_dtype)  # set_data would cast the new data back to the old dtype
         return self
 
     def half(self):
