@@ -1,5 +1,12 @@
-"""Upstream ChatGLM-6B checkpoint names → glm_ms parameter names (mostly identity, by design)."""
+"""Upstream ChatGLM-6B checkpoint names → glm_ms parameter names (mostly identity, by design).
+
+`CHATGLM_6B_NAMES` is the reviewable table; `NameTable` bundles it with what the converter needs to
+check a checkpoint without building the model: the parameter shapes a `config.json` implies and the
+tied pairs. Other families (ChatGLM2/3) add their own `NameTable` to `TABLES`.
+"""
 import re
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Tuple
 
 # (pattern, target): `{i}` is the layer number; target None drops the tensor on purpose.
 CHATGLM_6B_NAMES = [
@@ -52,3 +59,100 @@ def map_name(name, table=None):
                 return None
             return target.replace("{i}", match.group("i")) if "i" in match.groupdict() else target
     raise UnknownTensorError(f"unexpected tensor {name!r}: not in the ChatGLM-6B name table")
+
+
+def expand_targets(table, num_layers):
+    """Every parameter name the table fills for a model of `num_layers` blocks (drops excluded)."""
+    names = []
+    for _, target in table:
+        if target is None:
+            continue
+        if "{i}" in target:
+            names.extend(target.replace("{i}", str(i)) for i in range(num_layers))
+        else:
+            names.append(target)
+    return names
+
+
+def _chatglm_6b_shapes(config):
+    """Parameter name → shape for a ChatGLM-6B `config.json` dict (the layout of the upstream weights)."""
+    from ..config import ChatGLMConfig  # numpy-free, mindspore-free
+
+    c = ChatGLMConfig.from_dict(config)
+    h, inner, vocab = c.hidden_size, c.inner_hidden_size, c.vocab_size
+    per_layer = {
+        "input_layernorm.weight": (h,), "input_layernorm.bias": (h,),
+        "attention.query_key_value.weight": (3 * h, h), "attention.query_key_value.bias": (3 * h,),
+        "attention.dense.weight": (h, h), "attention.dense.bias": (h,),
+        "post_attention_layernorm.weight": (h,), "post_attention_layernorm.bias": (h,),
+        "mlp.dense_h_to_4h.weight": (inner, h), "mlp.dense_h_to_4h.bias": (inner,),
+        "mlp.dense_4h_to_h.weight": (h, inner), "mlp.dense_4h_to_h.bias": (h,),
+    }
+    shapes = {"transformer.word_embeddings.weight": (vocab, h)}
+    for i in range(c.num_layers):
+        shapes.update({f"transformer.layers.{i}.{k}": v for k, v in per_layer.items()})
+    shapes.update({"transformer.final_layernorm.weight": (h,), "transformer.final_layernorm.bias": (h,),
+                   "lm_head.weight": (vocab, h)})
+    return shapes
+
+
+@dataclass(frozen=True)
+class NameTable:
+    """One model family's checkpoint layout: name table, expected shapes from config.json, tied pairs."""
+
+    family: str  # e.g. "chatglm-6b"; recorded in converted folders
+    table: list  # [(checkpoint pattern, parameter name | None)], `{i}` = layer number
+    shapes: Callable[[dict], Dict[str, Tuple[int, ...]]]  # config.json dict → parameter name → shape
+    tied: Dict[str, str] = field(default_factory=dict)  # parameter → the parameter it shares storage with
+    matches: Callable[[dict], bool] = lambda config: False  # does this config.json describe this family?
+
+    def __post_init__(self):
+        object.__setattr__(self, "_compiled", _compile(self.table))
+
+    def map_name(self, name):
+        """Parameter name for checkpoint tensor `name` (None: dropped on purpose); unknown names raise."""
+        try:
+            return map_name(name, self._compiled)
+        except UnknownTensorError:
+            raise UnknownTensorError(f"unexpected tensor {name!r}: not in the {self.family} name table") from None
+
+    def expected_shapes(self, config):
+        """Parameter name → shape for every parameter a checkpoint must fill, given `config.json`'s dict."""
+        return self.shapes(config)
+
+
+CHATGLM_6B = NameTable(
+    family="chatglm-6b",
+    table=CHATGLM_6B_NAMES,
+    shapes=_chatglm_6b_shapes,
+    # lm_head shares the embedding matrix (upstream ties them); checkpoints store both copies.
+    tied={"lm_head.weight": "transformer.word_embeddings.weight"},
+    # ChatGLM-6B's config is the only one with the 2D-position switch; ChatGLM2/3 have none.
+    matches=lambda config: "position_encoding_2d" in config or "inner_hidden_size" in config,
+)
+
+# Known families, tried in order by `table_for_config`.
+TABLES = [CHATGLM_6B]
+
+
+def table_for_config(config, source="config.json"):
+    """The `NameTable` whose family `config` (a config.json dict) describes."""
+    for table in TABLES:
+        if table.matches(config):
+            return table
+    known = ", ".join(t.family for t in TABLES)
+    raise UnknownTensorError(f"{source}: model family not recognised (model_type={config.get('model_type')!r}; "
+                             f"known: {known})")
+
+
+# MindSpore cells name LayerNorm parameters gamma/beta and Embedding's table embedding_table; MindNLP's
+# converted checkpoints may carry those names instead of the upstream (HF) ones.
+_MINDSPORE_SUFFIXES = ((".gamma", ".weight"), (".beta", ".bias"), (".embedding_table", ".weight"))
+
+
+def mindspore_to_upstream(name):
+    """`*.gamma` → `*.weight`, `*.beta` → `*.bias`, `*.embedding_table` → `*.weight`; other names unchanged."""
+    for old, new in _MINDSPORE_SUFFIXES:
+        if name.endswith(old):
+            return name[: -len(old)] + new
+    return name
