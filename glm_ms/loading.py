@@ -1,0 +1,60 @@
+"""Model loading for the web page and the terminal chat: `--model` (folder, model id or `demo`) → (model, tokenizer).
+
+The one place that decides which classes load a `--model`; other model families plug in here.
+"""
+import os
+from pathlib import Path
+
+DEMO = "demo"
+DEMO_MODEL_DIR = Path(__file__).with_name("demo_model")
+DEMO_NOTE = ("Demo model: a tiny ChatGLM-6B with random weights, bundled so glm_ms runs offline. "
+             "It talks nonsense; it exists to show the pipeline (tokenizer → MindSpore model → streaming → page). "
+             "For real answers start with --model ZhipuAI/ChatGLM-6B --mirror modelscope, or a local folder.")
+MIRRORS = ("modelscope",)
+DTYPES = ("float16", "float32")
+
+
+def is_demo(model):
+    """True when `model` names the bundled random-weight demo model."""
+    return str(model) == DEMO
+
+
+def load_model(model, mirror=None, dtype=None, revision=None, cache_dir=None):
+    """Load (model, tokenizer) from a local folder, a model id (with `mirror`) or `demo`.
+
+    The mirror keywords are passed on only when given, so a local folder loads without any hub code.
+    """
+    from .api import ChatGLMForConditionalGeneration
+    from .tokenizer import ChatGLMTokenizer
+    source = str(DEMO_MODEL_DIR) if is_demo(model) else os.fspath(model)
+    hub = {key: value for key, value in (("mirror", mirror), ("revision", revision), ("cache_dir", cache_dir))
+           if value is not None}
+    lm = ChatGLMForConditionalGeneration.from_pretrained(source, dtype=dtype, **hub)
+    lm.set_train(False)
+    tokenizer = ChatGLMTokenizer.from_pretrained(source, **hub)
+    return lm, tokenizer
+
+
+def add_model_arguments(parser):
+    """The model-choice flags shared by `glm-ms-web` and `glm-ms-chat`."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=DEMO, metavar="PATH_OR_ID",
+                       help="local folder, model id (e.g. ZhipuAI/ChatGLM-6B, with --mirror) or 'demo' "
+                            "(bundled random-weight model that talks nonsense; default)")
+    group.add_argument("--mirror", choices=MIRRORS, default=None, help="download a model id from this mirror")
+    group.add_argument("--revision", default=None, help="model revision on the mirror (default: master)")
+    group.add_argument("--cache-dir", default=None, help="download cache folder for model ids")
+    group.add_argument("--dtype", choices=DTYPES, default=None,
+                       help="weights/compute dtype (default: float16 on Ascend, float32 on CPU)")
+    group.add_argument("--device", choices=("CPU", "Ascend"), default=None,
+                       help="MindSpore device (default: $GLM_MS_DEVICE, else Ascend when present, else CPU)")
+    return parser
+
+
+def load_from_args(args):
+    """`load_model` driven by the flags of `add_model_arguments`."""
+    if args.device:
+        from .device import select_device
+        select_device(args.device)
+    return load_model(args.model, mirror=args.mirror, dtype=args.dtype, revision=args.revision,
+                      cache_dir=args.cache_dir)
