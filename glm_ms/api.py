@@ -9,11 +9,17 @@ class ChatGLMForConditionalGeneration(ChatMixin, GenerationMixin, ChatGLMCausalL
     """ChatGLM-6B with `generate`, `stream_generate`, `chat`, `stream_chat` and `from_pretrained`."""
 
     @classmethod
-    def from_pretrained(cls, path, dtype=None, **kwargs):
-        """Load from a local folder in the upstream layout (config.json + torch or safetensors shards)."""
+    def from_pretrained(cls, path_or_id, dtype=None, mirror=None, revision="master", cache_dir=None, endpoint=None,
+                        **kwargs):
+        """Load a converted folder, a MindNLP MindSpore-checkpoint folder, an upstream folder (converted once
+        into the cache) or a model id with `mirror="modelscope"` (downloaded and converted once; later calls
+        make no request). `cache_dir` defaults to $GLM_MS_CACHE, else ~/.cache/glm_ms."""
         if kwargs:
             raise TypeError(f"unexpected arguments: {', '.join(sorted(kwargs))}")
-        return cls.from_folder(path, dtype=dtype)
+        from .convert.hub import resolve_model_folder
+        folder = resolve_model_folder(path_or_id, mirror=mirror, revision=revision, cache_dir=cache_dir,
+                                      endpoint=endpoint)
+        return cls.from_folder(folder, dtype=dtype)
 
 
 AutoModelForSeq2SeqLM = ChatGLMForConditionalGeneration

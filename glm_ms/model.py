@@ -189,14 +189,11 @@ class ChatGLMCausalLM(nn.Cell):
 
     @classmethod
     def from_folder(cls, folder, dtype=None, config=None):
-        """Build the model from a local folder: config.json plus upstream torch/safetensors shards."""
-        from .convert.checkpoint import find_checkpoint, iter_shards
+        """Build the model from a local folder: config.json plus weights, glm_ms-converted (MindSpore
+        safetensors), MindNLP's MindSpore checkpoints or upstream torch/safetensors shards."""
+        from .convert.hub import folder_tensors
         folder = Path(folder)
         config = config or ChatGLMConfig.from_file(folder)
-        ckpt = find_checkpoint(folder)
+        tensors, map_name = folder_tensors(folder)  # map_name None: this model's own name table
         model = cls(config, dtype=dtype)
-
-        def tensors():
-            for _, shard in iter_shards(ckpt):
-                yield from shard.items()
-        return model.load_named_tensors(tensors(), source=str(folder))
+        return model.load_named_tensors(tensors, map_name=map_name, source=str(folder))

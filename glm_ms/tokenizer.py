@@ -212,9 +212,12 @@ class ChatGLMTokenizer:
     # ---- construction / saving ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, folder, **overrides):
-        """Load from a folder holding `ice_text.model` and `tokenizer_config.json`; keyword overrides win."""
-        folder = os.fspath(folder)
+    def from_pretrained(cls, folder, mirror=None, revision="master", cache_dir=None, endpoint=None, **overrides):
+        """Load from a folder holding `ice_text.model` and `tokenizer_config.json`, or from a model id with
+        `mirror="modelscope"` (only the tokenizer files are fetched, once); keyword overrides win."""
+        from .convert.hub import resolve_tokenizer_folder  # no mindspore: the hub imports it only for .ckpt
+        folder = os.fspath(resolve_tokenizer_folder(folder, mirror=mirror, revision=revision, cache_dir=cache_dir,
+                                                    endpoint=endpoint))
         vocab_file = os.path.join(folder, VOCAB_FILE)
         config_file = os.path.join(folder, CONFIG_FILE)
         for path in (vocab_file, config_file):

@@ -1,0 +1,99 @@
+"""`glm-ms-convert`: upstream ChatGLM weights (a local folder or a ModelScope model id) → MindSpore safetensors."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+EPILOG = """\
+examples:
+  glm-ms-convert --src ./chatglm-6b --out ./chatglm-6b-ms
+  glm-ms-convert --model-id ZhipuAI/ChatGLM-6B --mirror modelscope --out ./chatglm-6b-ms
+  glm-ms-convert --model-id ZhipuAI/ChatGLM-6B --mirror modelscope --revision v1.1.0 --out ./chatglm-6b-ms \\
+                 --cache-dir /data/glm_ms --endpoint https://modelscope.cn
+
+The output folder holds mindspore_model-0000k-of-0000n.safetensors (MindSpore's safetensors format:
+mindspore.load_checkpoint(path, format="safetensors") reads each), mindspore_model.safetensors.index.json,
+config.json, the tokenizer files and glm_ms_manifest.json (source, dtype, sha256 of every file).
+Load it with ChatGLMForConditionalGeneration.from_pretrained(OUT) and ChatGLMTokenizer.from_pretrained(OUT).
+
+Work happens in OUT.tmp-glm_ms, renamed to OUT only when complete; an interrupted run resumes
+from its finished shards when run again with the same arguments.
+Environment: MODELSCOPE_ENDPOINT (mirror URL), GLM_MS_CACHE (download cache, default ~/.cache/glm_ms).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="glm-ms-convert",
+        description="Convert ChatGLM weights (PyTorch .bin or safetensors shards) into a folder of MindSpore "
+                    "safetensors checkpoints, one shard in memory at a time.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_argument_group("source (one of)")
+    what = source.add_mutually_exclusive_group(required=True)
+    what.add_argument("--src", metavar="DIR", help="local folder with config.json, tokenizer files and "
+                                                   "pytorch_model*.bin or model*.safetensors (+ index)")
+    what.add_argument("--model-id", metavar="OWNER/NAME", help="model id to download, e.g. ZhipuAI/ChatGLM-6B")
+    source.add_argument("--mirror", choices=("modelscope",), default=None,
+                        help="where --model-id is downloaded from (required with --model-id)")
+    source.add_argument("--revision", default="master", help="revision (branch or tag) of --model-id "
+                                                             "(default: master)")
+    source.add_argument("--cache-dir", metavar="DIR", default=None,
+                        help="download cache (default: $GLM_MS_CACHE, else ~/.cache/glm_ms)")
+    source.add_argument("--endpoint", metavar="URL", default=None,
+                        help="mirror base URL (default: $MODELSCOPE_ENDPOINT, else https://modelscope.cn)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", metavar="DIR", required=True, help="output folder (created)")
+    output.add_argument("--dtype", choices=("float16", "float32", "keep"), default="float16",
+                        help="dtype of the floating-point weights written (default: float16, as published; "
+                             "keep: each tensor's source dtype)")
+    output.add_argument("--overwrite", action="store_true",
+                        help="replace OUT if it holds something else (another conversion, other files)")
+    output.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    output.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the converter; returns 0 on success, 1 on an expected error (one line on stderr), 2 on bad usage."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model_id and args.mirror is None:
+        parser.error("--model-id needs --mirror modelscope")
+    if args.src and args.mirror is not None:
+        parser.error("--mirror applies to --model-id, not --src")
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
+    progress = args.progress and not args.quiet
+
+    from .convert import convert_checkpoint, read_manifest
+    from .errors import CheckpointError
+    from .modelscope import ModelScopeError
+
+    try:
+        if args.src:
+            out = convert_checkpoint(args.src, args.out, dtype=args.dtype, overwrite=args.overwrite,
+                                     progress=progress)
+        else:
+            from .modelscope import resolve_endpoint, snapshot_download
+            snapshot = snapshot_download(args.model_id, revision=args.revision, cache_dir=args.cache_dir,
+                                         endpoint=args.endpoint, progress=progress)
+            out = convert_checkpoint(snapshot, args.out, dtype=args.dtype, overwrite=args.overwrite,
+                                     progress=progress,
+                                     source={"model_id": args.model_id, "revision": args.revision,
+                                             "endpoint": resolve_endpoint(args.endpoint)})
+    except (CheckpointError, ModelScopeError, OSError, ValueError) as exc:
+        # Expected failures (bad or missing files, mirror errors, disk full): one clear line, no traceback.
+        print(f"glm-ms-convert: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("glm-ms-convert: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    manifest = read_manifest(out)
+    if not args.quiet:
+        shards = sum(1 for name in manifest["files"] if name.endswith(".safetensors"))
+        print(f"{out}: {shards} shard(s), {manifest['dtype']}, family {manifest['family']}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
