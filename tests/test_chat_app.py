@@ -1,0 +1,331 @@
+"""`glm-ms-web`: rendering, arguments, and the running app driven with gradio_client.
+
+The app tests start `python -m glm_ms.chat_app --model demo` on a free port (the real console path) and compare
+what streams out with `model.chat` on the same bundled model and settings; the Stop/lock/error tests use an
+in-process app around a scripted fake model, so they are fast and deterministic.
+"""
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from glm_ms import chat_app
+from glm_ms.chat_app import launch_kwargs, parse_args, render_message, render_transcript, sanitize_html
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_LENGTH, TOP_P, TEMPERATURE = 32, 0.7, 0.95
+
+
+# ----------------------------------------------------------------------------- helpers (also used by test_browser)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, timeout, proc=None, log=None):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"app exited with {proc.returncode}:\n{log.read_text()[-4000:] if log else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {timeout}s:\n{log.read_text()[-4000:] if log else ''}")
+
+
+@contextlib.contextmanager
+def running_app(tmp_dir, *args):
+    """`python -m glm_ms.chat_app --model demo` on a free port; yields (url, process)."""
+    port = free_port()
+    log = Path(tmp_dir) / f"app-{port}.log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               GRADIO_ANALYTICS_ENABLED="False")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "glm_ms.chat_app", "--model", "demo", "--port", str(port),
+                                 "--max-length", str(MAX_LENGTH), *args], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, cwd=tmp_dir)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_http(url, 300, proc, log)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def test_markdown_latex_and_code_render_as_html():
+    out = render_message("质能方程 $E=mc^2$ 和 **粗体**\n\n```python\nif a < b and c > d: print('$x')\n```")
+    assert "<math" in out and "<msup><mi>c</mi><mn>2</mn></msup>" in out
+    assert "<strong>粗体</strong>" in out
+    # the code block keeps its text verbatim (escaped), with no formula made of its `$`
+    assert "<pre><code class=\"language-python\">if a &lt; b and c &gt; d: print('$x')</code></pre>" in out
+
+
+def test_unclosed_fence_while_streaming_is_still_a_code_block():
+    assert render_message("看代码：\n```js\nlet a = 1 <") == (
+        "<p>看代码：</p><pre><code class=\"language-js\">let a = 1 &lt;</code></pre>")
+
+
+@pytest.mark.parametrize("text", [
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    "<svg onload=alert(1)>",
+    "[click](javascript:alert(1))",
+    "[click](&#x6a;avascript:alert(1))",
+    "![x](x\" onerror=\"alert(1))",
+    "```\"><img src=x onerror=alert(1)>\nx\n```",
+    "$\\text{<img src=x onerror=alert(1)>}$",
+])
+def test_untrusted_text_cannot_inject_markup(text):
+    elements = parsed_elements(render_message(text))
+    assert not {tag for tag, _ in elements} & {"script", "img", "svg", "iframe", "style"}, elements
+    for tag, attrs in elements:
+        assert not [name for name in attrs if name.startswith("on")], (tag, attrs)
+        assert "javascript" not in attrs.get("href", "").lower(), (tag, attrs)
+
+
+def parsed_elements(markup):
+    """[(tag, attrs)] of every element the browser would build from `markup`."""
+    from html.parser import HTMLParser
+    found = []
+
+    class Collect(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.append((tag, dict(attrs)))
+
+    Collect().feed(markup)
+    return found
+
+
+def test_html_in_a_message_is_shown_literally():
+    assert render_message("<b>hi</b> & 1 < 2") == "<p>&lt;b&gt;hi&lt;/b&gt; &amp; 1 &lt; 2</p>"
+
+
+def test_sanitizer_keeps_allowed_markup_and_balances_tags():
+    assert sanitize_html('<p onclick="x" class="c">a<b>b</p><a href="https://x.org">l</a><mi/>') == (
+        '<p class="c">a<b>b</b></p><a href="https://x.org" rel="noopener noreferrer nofollow" '
+        'target="_blank">l</a><mi></mi>')
+
+
+def test_transcript_shows_errors_and_pending_answers():
+    turns = [{"query": "a", "response": "b", "error": None}, {"query": "c", "response": "", "error": "too <long>"}]
+    html = render_transcript(turns)
+    assert html.count("glm-user") == 2 and html.count("glm-bot") == 1
+    assert "⚠ too &lt;long&gt;" in html and "glm-pending" not in html
+    assert "glm-pending" in render_transcript(turns[:1], pending=True)
+
+
+# ----------------------------------------------------------------------------- arguments, import
+
+
+def test_defaults_bind_localhost_without_share():
+    args = parse_args([])
+    assert args.model == "demo" and args.mirror is None and args.dtype is None
+    kwargs = launch_kwargs(args)
+    assert kwargs["server_name"] == "127.0.0.1" and kwargs["server_port"] == 7860 and kwargs["share"] is False
+    kwargs = launch_kwargs(parse_args(["--share", "--host", "0.0.0.0", "--port", "8000", "--model", "m",
+                                       "--mirror", "modelscope", "--dtype", "float16"]))
+    assert (kwargs["server_name"], kwargs["server_port"], kwargs["share"]) == ("0.0.0.0", 8000, True)
+
+
+def test_import_does_no_work():
+    code = ("import sys, glm_ms.chat_app, glm_ms.cli_chat; "
+            "print(sorted(m for m in ('gradio', 'mindspore', 'mdtex2html') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.stdout.strip() == "[]"
+
+
+def test_load_model_passes_mirror_keywords_only_when_given(monkeypatch):
+    from glm_ms import api, loading, tokenizer
+    calls = []
+    monkeypatch.setattr(api.ChatGLMForConditionalGeneration, "from_pretrained",
+                        classmethod(lambda cls, path, dtype=None, **kw: calls.append(("model", path, dtype, kw))
+                                    or FakeModel()))
+    monkeypatch.setattr(tokenizer.ChatGLMTokenizer, "from_pretrained",
+                        classmethod(lambda cls, path, **kw: calls.append(("tokenizer", path, kw))))
+    loading.load_model("demo")
+    loading.load_model("ZhipuAI/ChatGLM-6B", mirror="modelscope", dtype="float16", revision="v1.1.0")
+    assert calls == [
+        ("model", str(loading.DEMO_MODEL_DIR), None, {}), ("tokenizer", str(loading.DEMO_MODEL_DIR), {}),
+        ("model", "ZhipuAI/ChatGLM-6B", "float16", {"mirror": "modelscope", "revision": "v1.1.0"}),
+        ("tokenizer", "ZhipuAI/ChatGLM-6B", {"mirror": "modelscope", "revision": "v1.1.0"})]
+
+
+# ----------------------------------------------------------------------------- in-process app, scripted model
+
+
+class FakeModel:
+    """`stream_chat` that counts concurrent callers, streams slowly, and fails on request."""
+
+    def __init__(self):
+        self.active = self.most_active = 0
+        self.guard = threading.Lock()
+
+    def set_train(self, mode):
+        return self
+
+    def stream_chat(self, tokenizer, query, history, max_length=2048, include_last=False, **settings):
+        if query == "boom":
+            raise RuntimeError("kaboom")
+        with self.guard:
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+        try:
+            text = ""
+            for i in range(max_length):
+                time.sleep(0.02)
+                text = f"{text} {query}{i}".strip()
+                yield text, list(history) + [(query, text)]
+        finally:
+            with self.guard:
+                self.active -= 1
+
+
+@pytest.fixture(scope="module")
+def fake_app():
+    gr = pytest.importorskip("gradio")
+    from gradio_client import Client
+    model = FakeModel()
+    demo = chat_app.build_demo(model, None, demo_note="demo note").queue(default_concurrency_limit=1)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    try:
+        yield model, (lambda: Client(f"http://127.0.0.1:{port}/", verbose=False)), gr
+    finally:
+        demo.close()
+
+
+def test_stop_ends_generation_keeps_the_partial_answer_and_frees_the_model(fake_app):
+    model, client, _ = fake_app
+    c = client()
+    job = c.submit("long", 2000, TOP_P, TEMPERATURE, None, api_name="/chat")
+    end = time.monotonic() + 30
+    while model.active == 0 and time.monotonic() < end:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert job.cancel()  # what the Stop button does (cancels=)
+    end = time.monotonic() + 30
+    while model.active and time.monotonic() < end:
+        time.sleep(0.05)
+    assert model.active == 0  # the generator was closed: the lock is free
+    html, history = c.predict(api_name="/redraw")
+    assert len(history) == 1 and history[0][0] == "long" and history[0][1].startswith("long0")
+    assert "glm-pending" not in html
+    # the next message is answered at once, after the stopped one
+    _, html, history = c.predict("next", 3, TOP_P, TEMPERATURE, None, api_name="/chat")
+    assert history[-1] == ["next", "next0 next1 next2"]
+
+
+def test_generation_error_is_shown_and_the_app_stays_up(fake_app):
+    _, client, _ = fake_app
+    c = client()
+    query, html, history = c.predict("boom", 8, TOP_P, TEMPERATURE, None, api_name="/chat")
+    assert "Generation failed (RuntimeError: kaboom)" in html and history == []
+    _, html, history = c.predict("ok", 2, TOP_P, TEMPERATURE, None, api_name="/chat")
+    assert history == [["ok", "ok0 ok1"]]
+    assert html.count("glm-error") == 1  # the failed turn stays visible, out of the model's history
+
+
+def test_concurrent_sessions_take_turns_and_keep_separate_histories(fake_app):
+    model, client, _ = fake_app
+    a, b = client(), client()
+    jobs = [a.submit("a", 20, TOP_P, TEMPERATURE, None, api_name="/chat"),
+            b.submit("b", 20, TOP_P, TEMPERATURE, None, api_name="/chat")]
+    results = [job.result(timeout=60) for job in jobs]
+    assert [r[2] for r in results] == [[["a", " ".join(f"a{i}" for i in range(20))]],
+                                       [["b", " ".join(f"b{i}" for i in range(20))]]]
+    assert model.most_active == 1  # never two generations at once
+
+
+# ----------------------------------------------------------------------------- the real app on the demo model
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    from glm_ms.loading import load_model
+    return load_model("demo")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    with running_app(tmp_path_factory.mktemp("app")) as (url, proc):
+        yield url, proc
+
+
+def reference(demo_model, query, history=(), seed=None):
+    model, tokenizer = demo_model
+    return model.chat(tokenizer, query, history=list(history), max_length=MAX_LENGTH, top_p=TOP_P,
+                      temperature=TEMPERATURE, do_sample=True, seed=seed)[0]
+
+
+def test_app_binds_localhost_only(app_url):
+    psutil = pytest.importorskip("psutil")
+    _, proc = app_url
+    port = int(app_url[0].rstrip("/").rsplit(":", 1)[1])
+    listening = [c.laddr.ip for c in psutil.Process(proc.pid).net_connections(kind="tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    assert listening == ["127.0.0.1"]
+
+
+def test_streams_partials_final_equals_chat_then_clear(app_url, demo_model):
+    from gradio_client import Client
+    client = Client(app_url[0], verbose=False)
+    job = client.submit("你好", MAX_LENGTH, TOP_P, TEMPERATURE, 11, api_name="/chat")
+    outputs = list(job)
+    final = job.outputs()[-1]
+    expected = reference(demo_model, "你好", seed=11)
+    partials = [history[-1][1] for _, _, history in job.outputs() if history and history[-1][1]]
+    assert len(set(partials)) > 1, partials  # the answer grew in several updates
+    assert final[2] == [["你好", expected]]
+    assert final[0] == ""  # the input box was cleared
+    assert outputs
+    # the session keeps its history: the next answer is the model's with that history
+    second = client.predict("再见", MAX_LENGTH, TOP_P, TEMPERATURE, 12, api_name="/chat")[2]
+    assert second == [["你好", expected], ["再见", reference(demo_model, "再见", [("你好", expected)], seed=12)]]
+    # Clear History empties it: the same question gets the history-free answer again
+    cleared = client.predict(api_name="/clear")
+    assert cleared[0] == "" and cleared[2] == [] and "No messages yet" in cleared[1]
+    again = client.predict("再见", MAX_LENGTH, TOP_P, TEMPERATURE, 12, api_name="/chat")[2]
+    assert again == [["再见", reference(demo_model, "再见", seed=12)]]
+
+
+def test_two_concurrent_clients_get_their_own_complete_answers(app_url, demo_model):
+    from gradio_client import Client
+    a, b = Client(app_url[0], verbose=False), Client(app_url[0], verbose=False)
+    job_a = a.submit("你好", MAX_LENGTH, TOP_P, TEMPERATURE, 1, api_name="/chat")
+    job_b = b.submit("写一首诗", MAX_LENGTH, TOP_P, TEMPERATURE, 2, api_name="/chat")
+    history_a, history_b = job_a.result(timeout=300)[2], job_b.result(timeout=300)[2]
+    assert history_a == [["你好", reference(demo_model, "你好", seed=1)]]
+    assert history_b == [["写一首诗", reference(demo_model, "写一首诗", seed=2)]]
+
+
+def test_too_long_message_is_a_visible_message_not_a_crash(app_url):
+    from gradio_client import Client
+    client = Client(app_url[0], verbose=False)
+    long_query = "很长的问题" * 20
+    query, html, history = client.predict(long_query, MAX_LENGTH, TOP_P, TEMPERATURE, 3, api_name="/chat")
+    assert history == []
+    assert "Cannot answer: query is" in html and f"max_length {MAX_LENGTH}" in html
+    assert query == long_query  # kept in the box to shorten it
+    assert client.predict("你好", 8, TOP_P, TEMPERATURE, 3, api_name="/chat")[2][0][0] == "你好"  # still up
