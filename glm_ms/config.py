@@ -1,7 +1,12 @@
-"""ChatGLM-6B configuration read from `config.json` (same field names; unknown keys ignored)."""
+"""Model configurations read from `config.json` (same field names; unknown keys ignored).
+
+`ChatGLMConfig` is ChatGLM-6B's, `ChatGLM2Config` the one ChatGLM2-6B and ChatGLM3-6B share; `load_config`
+picks the right one for a folder.
+"""
 import json
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
+from typing import Optional
 
 
 class ConfigError(ValueError):
@@ -88,3 +93,173 @@ class ChatGLMConfig:
     def to_dict(self):
         """Plain dict with config.json's field names."""
         return asdict(self)
+
+
+# ----------------------------------------------------------------------------- ChatGLM2-6B / ChatGLM3-6B
+
+FAMILIES = ("chatglm-6b", "chatglm2", "chatglm3")
+
+
+@dataclass(frozen=True)
+class ChatGLM2Config:
+    """ChatGLM2-6B / ChatGLM3-6B `config.json` (the two share one architecture and one config layout).
+
+    `family` is not in config.json: `load_config` decides it ("chatglm2" or "chatglm3"); only the tokenizer's
+    role tokens and the chat format depend on it.
+    """
+    padded_vocab_size: int          # embedding / output rows (65024); the tokenizer uses fewer ids (64798)
+    hidden_size: int                # model width
+    num_layers: int                 # GLM blocks
+    num_attention_heads: int        # query heads per block
+    ffn_hidden_size: int            # SwiGLU width: dense_h_to_4h has 2 * ffn_hidden_size outputs
+    kv_channels: int = 0            # head size; 0 (or null) means hidden_size / num_attention_heads
+    multi_query_attention: bool = True
+    multi_query_group_num: int = 1  # key/value heads shared by groups of query heads (when multi_query_attention)
+    add_bias_linear: bool = False   # bias on dense, dense_h_to_4h, dense_4h_to_h
+    add_qkv_bias: bool = True       # bias on query_key_value only (the released models)
+    apply_residual_connection_post_layernorm: bool = False  # residual from the normalized input instead
+    apply_query_key_layer_scaling: bool = True  # q / layer_number, undone in float32 before the softmax
+    attention_softmax_in_fp32: bool = True
+    fp32_residual_connection: bool = False
+    layernorm_epsilon: float = 1e-5
+    rmsnorm: bool = True            # RMSNorm (else LayerNorm with bias)
+    post_layer_norm: bool = True    # final_layernorm after the last block
+    original_rope: bool = True      # upstream flag; both values use the same rotary code
+    rope_ratio: float = 1.0         # rotary base = 10000 * rope_ratio (ChatGLM3-6B-32K uses 50)
+    seq_length: int = 8192          # positions the model was trained on (rotary tables grow on demand)
+    eos_token_id: int = 2           # </s>
+    pad_token_id: int = 0           # <unk> doubles as pad
+    pre_seq_len: Optional[int] = None  # P-tuning v2 prefix length (not supported)
+    model_type: str = "chatglm"
+    torch_dtype: str = "float16"
+    family: str = "chatglm2"        # not in config.json: "chatglm2" or "chatglm3", see load_config
+
+    def __post_init__(self):
+        if not self.kv_channels:
+            if self.num_attention_heads and self.hidden_size % self.num_attention_heads == 0:
+                object.__setattr__(self, "kv_channels", self.hidden_size // self.num_attention_heads)
+        for name in ("padded_vocab_size", "hidden_size", "num_layers", "num_attention_heads", "ffn_hidden_size",
+                     "kv_channels", "multi_query_group_num", "seq_length"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ConfigError(f"config field {name!r} must be a positive integer, got {getattr(self, name)!r}")
+        if self.kv_channels % 4:
+            raise ConfigError(f"config field 'kv_channels' ({self.kv_channels}) must be a multiple of 4 "
+                              "(rotary turns pairs in the first half of each head)")
+        if self.num_attention_heads % self.num_kv_heads:
+            raise ConfigError(f"config field 'num_attention_heads' ({self.num_attention_heads}) is not divisible by "
+                              f"'multi_query_group_num' ({self.multi_query_group_num})")
+        if self.pre_seq_len:
+            raise ConfigError("config field 'pre_seq_len' is set: P-tuning v2 prefix checkpoints are not supported")
+        if self.fp32_residual_connection:
+            raise ConfigError("config field 'fp32_residual_connection' is true: not supported")
+        if not self.rope_ratio > 0:
+            raise ConfigError(f"config field 'rope_ratio' must be > 0, got {self.rope_ratio!r}")
+        if self.family not in ("chatglm2", "chatglm3"):
+            raise ConfigError(f"family must be 'chatglm2' or 'chatglm3', got {self.family!r}")
+        for name in ("eos_token_id", "pad_token_id"):
+            if not 0 <= int(getattr(self, name)) < self.padded_vocab_size:
+                raise ConfigError(f"config field {name!r} = {getattr(self, name)} is outside the vocabulary "
+                                  f"(padded_vocab_size {self.padded_vocab_size})")
+
+    @property
+    def vocab_size(self):
+        """Rows of the embedding and output matrices (what logits span)."""
+        return self.padded_vocab_size
+
+    @property
+    def head_dim(self):
+        """Size of one query/key/value head (`kv_channels`, not always hidden_size / heads)."""
+        return self.kv_channels
+
+    @property
+    def num_kv_heads(self):
+        """Key/value heads: the query groups with multi-query attention, else one per query head."""
+        return self.multi_query_group_num if self.multi_query_attention else self.num_attention_heads
+
+    @property
+    def rotary_dim(self):
+        """Dims of each head that rotary turns (the first half, as adjacent pairs)."""
+        return self.kv_channels // 2
+
+    @property
+    def rotary_base(self):
+        return 10000.0 * self.rope_ratio
+
+    from_dict = classmethod(ChatGLMConfig.from_dict.__func__)
+    from_file = classmethod(ChatGLMConfig.from_file.__func__)
+    to_dict = ChatGLMConfig.to_dict
+
+
+def config_family(data):
+    """'chatglm-6b' or 'chatglm2' (ChatGLM2/3 layout) for a config.json dict, from the fields it has."""
+    if "padded_vocab_size" in data or "ffn_hidden_size" in data or "multi_query_group_num" in data:
+        return "chatglm2"
+    if "position_encoding_2d" in data or "inner_hidden_size" in data or "gmask_token_id" in data:
+        return "chatglm-6b"
+    raise ConfigError("config.json describes no known ChatGLM generation (no 'padded_vocab_size' as in "
+                      "ChatGLM2/3, no 'position_encoding_2d' as in ChatGLM-6B)")
+
+
+def _mentions(text, *needles):
+    text = str(text or "").lower().replace("_", "").replace("-", "")
+    return any(n in text for n in needles)
+
+
+def detect_family(folder, data=None):
+    """'chatglm-6b', 'chatglm2' or 'chatglm3' for a model folder.
+
+    ChatGLM2 and ChatGLM3 share config.json's fields and the sentencepiece model (the role tokens live in the
+    tokenizer code), so the third generation is recognised, in order, by: a `family` key written by our
+    converter, the repository name recorded in config.json / tokenizer_config.json, and the shipped
+    `tokenization_chatglm.py` knowing `<|observation|>`. Without any of these the folder is taken as ChatGLM2.
+    """
+    folder = Path(folder)
+    if data is None:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    family = config_family(data)
+    if family == "chatglm-6b":
+        return family
+    if data.get("family") in ("chatglm2", "chatglm3"):
+        return data["family"]
+    names = [data.get("_name_or_path")]
+    tok_config = folder / "tokenizer_config.json"
+    if tok_config.is_file():
+        try:
+            names.append(json.loads(tok_config.read_text(encoding="utf-8")).get("name_or_path"))
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            pass
+    for name in names:
+        if _mentions(name, "chatglm3"):
+            return "chatglm3"
+        if _mentions(name, "chatglm2", "codegeex2"):
+            return "chatglm2"
+    code = folder / "tokenization_chatglm.py"
+    if code.is_file() and "<|observation|>" in code.read_text(encoding="utf-8", errors="replace"):
+        return "chatglm3"
+    return "chatglm2"
+
+
+def load_config(folder, family=None):
+    """The config of a model folder: `ChatGLMConfig` (ChatGLM-6B) or `ChatGLM2Config` with its family set.
+
+    `family` ("chatglm2" | "chatglm3") overrides the detection for ChatGLM2/3-layout folders.
+    """
+    path = Path(folder)
+    if path.is_file():
+        path = path.parent
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no config.json at {config_path}")
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{config_path}: not valid JSON ({err})") from None
+    layout = config_family(data)
+    if layout == "chatglm-6b":
+        if family not in (None, "chatglm-6b"):
+            raise ConfigError(f"{config_path}: a ChatGLM-6B config, not {family}")
+        return ChatGLMConfig.from_dict(data, source=str(config_path))
+    if family not in (None, "chatglm2", "chatglm3"):
+        raise ConfigError(f"{config_path}: a ChatGLM2/3 config, family must be 'chatglm2' or 'chatglm3', got {family!r}")
+    data = dict(data, family=family or detect_family(path, data))
+    return ChatGLM2Config.from_dict(data, source=str(config_path))

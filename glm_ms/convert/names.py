@@ -156,3 +156,44 @@ def mindspore_to_upstream(name):
         if name.endswith(old):
             return name[: -len(old)] + new
     return name
+
+
+# ChatGLM2-6B and ChatGLM3-6B share one checkpoint layout (the real ones: 200 tensors for 28 layers). The cells keep
+# the upstream names (`transformer.embedding`, `transformer.encoder`, `self_attention`, `output_layer`), so every
+# row is the identity; biases and LayerNorm biases only exist for configs that ask for them.
+CHATGLM2_NAMES = [
+    ("transformer.embedding.word_embeddings.weight", "transformer.embedding.word_embeddings.weight"),
+    ("transformer.encoder.layers.{i}.input_layernorm.weight", "transformer.encoder.layers.{i}.input_layernorm.weight"),
+    ("transformer.encoder.layers.{i}.input_layernorm.bias", "transformer.encoder.layers.{i}.input_layernorm.bias"),
+    ("transformer.encoder.layers.{i}.self_attention.query_key_value.weight",
+     "transformer.encoder.layers.{i}.self_attention.query_key_value.weight"),
+    ("transformer.encoder.layers.{i}.self_attention.query_key_value.bias",
+     "transformer.encoder.layers.{i}.self_attention.query_key_value.bias"),
+    ("transformer.encoder.layers.{i}.self_attention.dense.weight",
+     "transformer.encoder.layers.{i}.self_attention.dense.weight"),
+    ("transformer.encoder.layers.{i}.self_attention.dense.bias", "transformer.encoder.layers.{i}.self_attention.dense.bias"),
+    ("transformer.encoder.layers.{i}.post_attention_layernorm.weight",
+     "transformer.encoder.layers.{i}.post_attention_layernorm.weight"),
+    ("transformer.encoder.layers.{i}.post_attention_layernorm.bias",
+     "transformer.encoder.layers.{i}.post_attention_layernorm.bias"),
+    ("transformer.encoder.layers.{i}.mlp.dense_h_to_4h.weight", "transformer.encoder.layers.{i}.mlp.dense_h_to_4h.weight"),
+    ("transformer.encoder.layers.{i}.mlp.dense_h_to_4h.bias", "transformer.encoder.layers.{i}.mlp.dense_h_to_4h.bias"),
+    ("transformer.encoder.layers.{i}.mlp.dense_4h_to_h.weight", "transformer.encoder.layers.{i}.mlp.dense_4h_to_h.weight"),
+    ("transformer.encoder.layers.{i}.mlp.dense_4h_to_h.bias", "transformer.encoder.layers.{i}.mlp.dense_4h_to_h.bias"),
+    ("transformer.encoder.final_layernorm.weight", "transformer.encoder.final_layernorm.weight"),
+    ("transformer.encoder.final_layernorm.bias", "transformer.encoder.final_layernorm.bias"),
+    # Untied, unlike ChatGLM-6B's lm_head.
+    ("transformer.output_layer.weight", "transformer.output_layer.weight"),
+    # Recomputed from the config in float32 as upstream does; the stored buffer is never read upstream either.
+    ("transformer.rotary_pos_emb.inv_freq", None),
+]
+
+_CHATGLM2 = _compile(CHATGLM2_NAMES)
+
+
+def map_glm2_name(name):
+    """Target parameter name for a ChatGLM2/ChatGLM3 checkpoint tensor (None: dropped); unknown names raise."""
+    try:
+        return map_name(name, _CHATGLM2)
+    except UnknownTensorError:
+        raise UnknownTensorError(f"unexpected tensor {name!r}: not in the ChatGLM2/ChatGLM3 name table") from None
