@@ -11,9 +11,10 @@ class ChatGLMForConditionalGeneration(ChatMixin, GenerationMixin, ChatGLMCausalL
     @classmethod
     def from_pretrained(cls, path_or_id, dtype=None, mirror=None, revision="master", cache_dir=None, endpoint=None,
                         **kwargs):
-        """Load a converted folder, a MindNLP MindSpore-checkpoint folder, an upstream folder (converted once
-        into the cache) or a model id with `mirror="modelscope"` (downloaded and converted once; later calls
-        make no request). `cache_dir` defaults to $GLM_MS_CACHE, else ~/.cache/glm_ms."""
+        """Load a glm-ms-convert folder, a MindNLP MindSpore-checkpoint folder, an upstream folder (torch or
+        safetensors shards, read in place) or a model id with `mirror="modelscope"` (downloaded and converted
+        once into the cache; later calls make no request). `cache_dir` defaults to $GLM_MS_CACHE, else
+        ~/.cache/glm_ms; `endpoint` to $MODELSCOPE_ENDPOINT, else https://modelscope.cn."""
         if kwargs:
             raise TypeError(f"unexpected arguments: {', '.join(sorted(kwargs))}")
         from .convert.hub import resolve_model_folder
