@@ -508,11 +508,13 @@ def test_cli_expected_errors_are_one_line(tmp_path, capsys):
 
 def test_cli_usage_errors(tmp_path, capsys):
     for argv in (["--out", "x"], ["--model-id", "ZhipuAI/ChatGLM-6B", "--out", "x"],
-                 ["--src", "a", "--model-id", "b/c", "--out", "x"], ["--src", "a", "--out", "x", "--dtype", "int8"]):
+                 ["--src", "a", "--model-id", "b/c", "--out", "x"], ["--src", "a", "--out", "x", "--dtype", "int8"],
+                 ["--src", "a", "--out", "x", "--revision", "v1"]):
         with pytest.raises(SystemExit) as exc:
             cli_main(argv)
         assert exc.value.code == 2
-    assert "--model-id needs --mirror modelscope" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--model-id needs --mirror modelscope" in err and "--revision apply to --model-id, not --src" in err
 
 
 def test_script_help_and_errors(tmp_path):

@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--model-id", metavar="OWNER/NAME", help="model id to download, e.g. ZhipuAI/ChatGLM-6B")
     source.add_argument("--mirror", choices=("modelscope",), default=None,
                         help="where --model-id is downloaded from (required with --model-id)")
-    source.add_argument("--revision", default="master", help="revision (branch or tag) of --model-id "
-                                                             "(default: master)")
+    source.add_argument("--revision", default=None, help="revision (branch or tag) of --model-id "
+                                                         "(default: master)")
     source.add_argument("--cache-dir", metavar="DIR", default=None,
                         help="download cache (default: $GLM_MS_CACHE, else ~/.cache/glm_ms)")
     source.add_argument("--endpoint", metavar="URL", default=None,
@@ -60,8 +60,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.model_id and args.mirror is None:
         parser.error("--model-id needs --mirror modelscope")
-    if args.src and args.mirror is not None:
-        parser.error("--mirror applies to --model-id, not --src")
+    if args.src:
+        stray = [flag for flag, value in (("--mirror", args.mirror), ("--revision", args.revision),
+                                          ("--cache-dir", args.cache_dir), ("--endpoint", args.endpoint)) if value]
+        if stray:
+            parser.error(f"{', '.join(stray)} apply to --model-id, not --src")
+    revision = args.revision or "master"
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
     progress = args.progress and not args.quiet
 
@@ -75,11 +79,11 @@ def main(argv=None) -> int:
                                      progress=progress)
         else:
             from .modelscope import resolve_endpoint, snapshot_download
-            snapshot = snapshot_download(args.model_id, revision=args.revision, cache_dir=args.cache_dir,
+            snapshot = snapshot_download(args.model_id, revision=revision, cache_dir=args.cache_dir,
                                          endpoint=args.endpoint, progress=progress)
             out = convert_checkpoint(snapshot, args.out, dtype=args.dtype, overwrite=args.overwrite,
                                      progress=progress,
-                                     source={"model_id": args.model_id, "revision": args.revision,
+                                     source={"model_id": args.model_id, "revision": revision,
                                              "endpoint": resolve_endpoint(args.endpoint)})
     except (CheckpointError, ModelScopeError, OSError, ValueError) as exc:
         # Expected failures (bad or missing files, mirror errors, disk full): one clear line, no traceback.

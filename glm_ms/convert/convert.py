@@ -1,4 +1,4 @@
-"""Convert an upstream checkpoint folder into a MindSpore safetensors folder, one shard at a time.
+"""Convert an upstream checkpoint folder into a MindSpore safetensors folder, one tensor at a time.
 
 Output layout (``out``)::
 
@@ -10,9 +10,10 @@ Output layout (``out``)::
 The shards are MindSpore's own safetensors checkpoints (``{"format": "ms"}`` metadata and the
 ``crc_num`` MindSpore checks): ``mindspore.load_checkpoint(path, format="safetensors",
 crc_check=True)`` reads them. They are written by a small streaming writer instead of
-``mindspore.save_checkpoint``, which builds the whole serialized shard in memory (the
-``safetensors`` package's ``save_file``) on top of the arrays it was given -- twice a shard of RAM,
-and a MindSpore import (~400 MB) just to write files.
+``mindspore.save_checkpoint``, which serializes a whole shard in memory (the ``safetensors``
+package's ``save_file``) on top of the arrays it was given, after a MindSpore import (~400 MB).
+Measured on ~100 MB shards: whole-shard reading + ``save_checkpoint`` peaks 360 MB above that
+import; this writer with the per-tensor reader, 56 MB above a 42 MB interpreter.
 
 Guarantees:
 
@@ -190,8 +191,8 @@ def _zip_member_reader(raw, info: zipfile.ZipInfo, path: str) -> Callable[[np.nd
     def read_into(buffer: np.ndarray) -> None:
         view = memoryview(buffer.reshape(-1)).cast("B")
         if info.compress_type != zipfile.ZIP_STORED:  # torch never compresses; be correct anyway
-            data = zipfile.ZipFile(path).read(info)
-            view[:] = data
+            with zipfile.ZipFile(path) as zf:
+                view[:] = zf.read(info)  # zipfile checks the CRC itself
             return
         raw.seek(info.header_offset)
         local = raw.read(30)
