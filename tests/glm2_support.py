@@ -40,7 +40,12 @@ def model(family):
     return lm_class().from_folder(FOLDERS[family], dtype="float32")
 
 
+def tokenizer(family, encode_special_tokens=False):
+    return _tokenizer(family, encode_special_tokens)
+
+
 @functools.lru_cache(maxsize=None)
-def tokenizer(family, **options):
-    from glm_ms import AutoTokenizer
-    return AutoTokenizer.from_pretrained(FOLDERS[family], **options)
+def _tokenizer(family, encode_special_tokens):
+    from glm_ms.tokenizer_glm2 import tokenizer_class
+    options = {"encode_special_tokens": True} if encode_special_tokens else {}
+    return tokenizer_class(family).from_pretrained(FOLDERS[family], **options)
