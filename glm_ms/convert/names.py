@@ -6,7 +6,7 @@ tied pairs. Other families (ChatGLM2/3) add their own `NameTable` to `TABLES`.
 """
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Tuple
 
 # (pattern, target): `{i}` is the layer number; target None drops the tensor on purpose.
 CHATGLM_6B_NAMES = [
