@@ -1,10 +1,15 @@
 """Generation on the static KV cache: greedy, sampling, beam search, left-padded batches, streaming.
 
 Semantics follow the upstream ChatGLM-6B code as run by transformers 4.33 (what the golden fixtures record).
-Token choice happens on float32 numpy logits of the last position: one small host read per step.
+Two ways to run the same Cells: compiled graphs (`compiled.CompiledDecoder`, the default), where greedy and
+top-k/top-p sampling happen inside the decode graph and a step reads back only the chosen ids; and eager
+PyNative (`CacheDecoder`, `compiled=False`). Scores needed on the host (output_scores, repetition penalty, other
+logits processors, beam search) are float32 numpy logits of the last position in both.
 """
 import numpy as np
 from mindspore import Tensor
+
+from .compiled import CompiledDecoder, TokenChoice
 
 # ----------------------------------------------------------------------------- logits processors
 
@@ -12,10 +17,12 @@ from mindspore import Tensor
 class InvalidScoreLogitsProcessor:
     """Upstream's guard: NaN/Inf scores become zeros with index 5 set to 5e4, so generation continues."""
 
+    token = 5  # the id upstream forces; the compiled path picks it in the graph
+
     def __call__(self, input_ids, scores):
         if not np.isfinite(scores).all():
             scores = np.zeros_like(scores)
-            scores[..., 5] = 5e4
+            scores[..., self.token] = 5e4
         return scores
 
 
@@ -92,7 +99,7 @@ class CacheDecoder:
         self.key_mask = np.ones((batch, capacity), dtype=bool)
         self.key_mask[:, :seq] = mask[:, 0, -1, :]
         self.prompt_mask = np.concatenate([mask, np.ones((batch, 1, seq, capacity - seq), dtype=bool)], axis=-1)
-        self.last_position = positions[:, :, -1:].copy()
+        self.last_position = positions[..., -1:].copy()
         self.prompt_ids = ids
         self.prompt_positions = positions
 
@@ -131,13 +138,20 @@ class CacheDecoder:
 class GenerationMixin:
     """`generate` / `stream_generate` for a model with `check_ids`, `prefix_inputs`, `forward_step` and caches."""
 
+    compiled_decode = True  # default for `compiled=None`: compiled graphs; False runs the Cells eagerly
+
     def generate(self, input_ids, attention_mask=None, position_ids=None, max_length=None, max_new_tokens=None,
                  do_sample=False, num_beams=1, temperature=1.0, top_p=1.0, top_k=50, repetition_penalty=1.0,
-                 eos_token_id=None, pad_token_id=None, logits_processor=None, seed=None, output_scores=False):
-        """Generate continuations; int64 [batch, total_len] (and per-step scores if `output_scores`)."""
+                 eos_token_id=None, pad_token_id=None, logits_processor=None, seed=None, output_scores=False,
+                 compiled=None):
+        """Generate continuations; int64 [batch, total_len] (and per-step scores if `output_scores`).
+
+        `compiled`: True runs static-shape compiled graphs, False the eager Cells, None the model's
+        `compiled_decode` attribute. Both give the same tokens.
+        """
         run = self._prepare_run(input_ids, attention_mask, position_ids, max_length, max_new_tokens, do_sample,
                                 num_beams, temperature, top_p, top_k, repetition_penalty, eos_token_id,
-                                pad_token_id, logits_processor, seed)
+                                pad_token_id, logits_processor, seed, compiled, output_scores)
         if num_beams > 1:
             ids, scores = self._beam_search(run), []
         else:
@@ -149,14 +163,15 @@ class GenerationMixin:
     def stream_generate(self, input_ids, attention_mask=None, position_ids=None, max_length=None,
                         max_new_tokens=None, do_sample=False, temperature=1.0, top_p=1.0, top_k=50,
                         repetition_penalty=1.0, eos_token_id=None, pad_token_id=None, logits_processor=None,
-                        seed=None, include_last=False):
+                        seed=None, include_last=False, compiled=None):
         """Yield the growing int64 [batch, len] ids after each step.
 
         Like upstream, the step that ends generation (eos or max_length) is not yielded unless `include_last`.
+        `compiled` as in `generate`.
         """
         run = self._prepare_run(input_ids, attention_mask, position_ids, max_length, max_new_tokens, do_sample, 1,
                                 temperature, top_p, top_k, repetition_penalty, eos_token_id, pad_token_id,
-                                logits_processor, seed)
+                                logits_processor, seed, compiled, False)
         for ids, _, stop in self._sample_steps(run):
             if stop and not include_last:
                 return
@@ -165,7 +180,7 @@ class GenerationMixin:
     # -- shared set-up
     def _prepare_run(self, input_ids, attention_mask, position_ids, max_length, max_new_tokens, do_sample,
                      num_beams, temperature, top_p, top_k, repetition_penalty, eos_token_id, pad_token_id,
-                     logits_processor, seed):
+                     logits_processor, seed, compiled=None, output_scores=False):
         ids = self.check_ids(input_ids)
         mask, positions = self.prefix_inputs(ids, attention_mask, position_ids)
         seq = ids.shape[1]
@@ -182,6 +197,8 @@ class GenerationMixin:
             raise ValueError(f"num_beams must be >= 1, got {num_beams}")
         if num_beams > 1 and do_sample:
             raise ValueError("beam sampling (num_beams > 1 with do_sample=True) is not supported")
+        if do_sample and not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         processors = []
         if repetition_penalty != 1.0:
             processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
@@ -194,27 +211,50 @@ class GenerationMixin:
                 warpers.append(lambda s: top_k_warp(s, top_k))
             if top_p < 1.0:
                 warpers.append(lambda s: top_p_warp(s, top_p))
+        rng = np.random.default_rng(seed)
+        compiled = self.compiled_decode if compiled is None else bool(compiled)
+        # The token is chosen inside the graph unless the host needs the scores: to return them, or for
+        # processors the graph does not have (only upstream's NaN/Inf guard is built in).
+        host = [p for p in processors if type(p) is not InvalidScoreLogitsProcessor]
+        guard = [p.token for p in processors if type(p) is InvalidScoreLogitsProcessor]
+        choice = None
+        if compiled and not host and not output_scores and (not do_sample or top_k):
+            choice = TokenChoice(do_sample=bool(do_sample), temperature=float(temperature), top_p=float(top_p),
+                                 top_k=min(int(top_k), self.config.vocab_size) if do_sample else 0,
+                                 fallback=guard[0] if guard else None, rng=rng)
         return dict(ids=ids, mask=mask, positions=positions, max_length=total, eos=eos, pad=int(pad),
                     processors=processors, warpers=warpers, do_sample=do_sample, num_beams=int(num_beams),
-                    rng=np.random.default_rng(seed))
+                    rng=rng, compiled=compiled, choice=choice)
+
+    def _decoder(self, run, ids, mask, positions):
+        decoder = CompiledDecoder if run["compiled"] else CacheDecoder
+        return decoder(self, ids, mask, positions, run["max_length"])
 
     # -- greedy and sampling
     def _sample_steps(self, run):
         ids = run["ids"]
-        decoder = CacheDecoder(self, ids, run["mask"], run["positions"], run["max_length"])
+        decoder = self._decoder(run, ids, run["mask"], run["positions"])
         unfinished = np.ones(ids.shape[0], dtype=bool)
-        logits = decoder.prefill()
+        choice = run["choice"]
+        if choice is not None:
+            tokens = decoder.prefill(choice)
+        else:
+            logits = decoder.prefill()
         while True:
-            scores = logits
-            for processor in run["processors"]:
-                scores = processor(ids, scores)
-            if run["do_sample"]:
-                for warp in run["warpers"]:
-                    scores = warp(scores)
-                probs = softmax(scores)
-                tokens = np.array([run["rng"].choice(probs.shape[-1], p=p / p.sum()) for p in probs.astype(np.float64)])
+            if choice is not None:
+                scores = None  # chosen in the graph; only the ids came back
             else:
-                tokens = np.argmax(scores, axis=-1)
+                scores = logits
+                for processor in run["processors"]:
+                    scores = processor(ids, scores)
+                if run["do_sample"]:
+                    for warp in run["warpers"]:
+                        scores = warp(scores)
+                    probs = softmax(scores)
+                    tokens = np.array([run["rng"].choice(probs.shape[-1], p=p / p.sum())
+                                       for p in probs.astype(np.float64)])
+                else:
+                    tokens = np.argmax(scores, axis=-1)
             # Finished rows keep receiving pad, as transformers does.
             tokens = np.where(unfinished, tokens, run["pad"]).astype(np.int64)
             ids = np.concatenate([ids, tokens[:, None]], axis=1)
@@ -223,15 +263,18 @@ class GenerationMixin:
             yield ids, scores, stop
             if stop:
                 return
-            logits = decoder.step(tokens)
+            if choice is not None:
+                tokens = decoder.step(tokens, choice)
+            else:
+                logits = decoder.step(tokens)
 
     # -- beam search
     def _beam_search(self, run):
         beams = run["num_beams"]
         ids = np.repeat(run["ids"], beams, axis=0)
         batch = run["ids"].shape[0]
-        decoder = CacheDecoder(self, ids, np.repeat(run["mask"], beams, axis=0),
-                                np.repeat(run["positions"], beams, axis=0), run["max_length"])
+        decoder = self._decoder(run, ids, np.repeat(run["mask"], beams, axis=0),
+                                np.repeat(run["positions"], beams, axis=0))
         hyps = [BeamHypotheses(beams) for _ in range(batch)]
         done = np.zeros(batch, dtype=bool)
         beam_scores = np.zeros((batch, beams), dtype=np.float32)

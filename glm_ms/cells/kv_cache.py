@@ -1,11 +1,21 @@
 """Static key/value cache: preallocated buffers written by index, so shapes never change while decoding."""
+from collections import OrderedDict
+
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 import mindspore as ms
 
 
 class KVCache(nn.Cell):
-    """Key and value buffers [batch, heads, capacity, head_dim], updated in place at given positions."""
+    """Key and value buffers [batch, heads, capacity, head_dim], updated in place at given positions.
+
+    Buffers are only ever changed in place (`ops.assign`, scatter): a compiled graph binds the storage of the
+    Parameters it was compiled with, and `Parameter.set_data` would silently detach the Python-side buffer
+    from it. Each buffer shape keeps its own Parameters (the last `POOL_SIZE` shapes), so a graph compiled for
+    a shape finds the very same buffers when that shape comes back.
+    """
+
+    POOL_SIZE = 3
 
     def __init__(self, num_heads, head_dim, dtype=ms.float32):
         super().__init__()
@@ -15,22 +25,33 @@ class KVCache(nn.Cell):
                              requires_grad=False)
         self.value = Parameter(Tensor(np.zeros((1, num_heads, 1, head_dim), np.float32)).astype(dtype),
                                requires_grad=False)
+        self._pool = OrderedDict()  # (shape, dtype) → (key, value), least recently used first
 
     def allocate(self, batch, capacity, dtype):
-        """Zeroed buffers for `batch` sequences of up to `capacity` tokens (reused when the shape matches)."""
+        """Zeroed buffers for `batch` sequences of up to `capacity` tokens (the same Parameters per shape)."""
         shape = (batch, self.num_heads, capacity, self.head_dim)
-        if self.key.shape == shape and self.key.dtype == dtype:
-            self.key.set_data(ops.zeros(shape, dtype))
-            self.value.set_data(ops.zeros(shape, dtype))
-        else:
-            # New Parameters rather than set_data: a resized buffer must not keep the old device allocation.
-            self.key = Parameter(ops.zeros(shape, dtype), name=self.key.name, requires_grad=False)
-            self.value = Parameter(ops.zeros(shape, dtype), name=self.value.name, requires_grad=False)
+        wanted = (shape, dtype)
+        pair = self._pool.pop(wanted, None)
+        if pair is None and (tuple(self.key.shape), self.key.dtype) == wanted:
+            pair = (self.key, self.value)
+        fresh = pair is None
+        if fresh:
+            pair = (Parameter(ops.zeros(shape, dtype), name=self.key.name, requires_grad=False),
+                    Parameter(ops.zeros(shape, dtype), name=self.value.name, requires_grad=False))
+        if pair[0] is not self.key:
+            self.key, self.value = pair
+        self._pool[wanted] = pair
+        while len(self._pool) > self.POOL_SIZE:
+            self._pool.popitem(last=False)
+        if not fresh:
+            zeros = ops.zeros(shape, dtype)
+            ops.assign(self.key, zeros)
+            ops.assign(self.value, zeros)
 
     def reorder(self, index):
         """Keep rows `index` of the batch (beam search)."""
         for buf in (self.key, self.value):
-            buf.set_data(ops.gather(buf, index, 0))
+            ops.assign(buf, ops.gather(buf, index, 0))
 
     def construct(self, key, value, positions):
         """Write key/value [b, heads, s, head_dim] at cache slots `positions` [s]; return the whole buffers."""
