@@ -49,3 +49,18 @@ def _tokenizer(family, encode_special_tokens):
     from glm_ms.tokenizer_glm2 import tokenizer_class
     options = {"encode_special_tokens": True} if encode_special_tokens else {}
     return tokenizer_class(family).from_pretrained(FOLDERS[family], **options)
+
+
+@functools.lru_cache(maxsize=None)
+def chat_model(family):
+    """The tiny model of `family` with its chat methods, float32."""
+    from glm_ms.chat_glm2 import chat_mixin
+
+    class ChatLM(chat_mixin(family), lm_class()):
+        pass
+    return ChatLM.from_folder(FOLDERS[family], dtype="float32")
+
+
+def as_json(value):
+    """Tuples → lists etc., to compare with what golden.json stores."""
+    return json.loads(json.dumps(value))
