@@ -176,10 +176,14 @@ def render_transcript(turns, pending=False):
         last = i == len(turns) - 1
         rows.append('<div class="glm-msg glm-user"><div class="glm-role">You</div>'
                     f'<div class="glm-body">{render_message(turn["query"])}</div></div>')
-        if turn.get("response") or (pending and last):
-            state = " glm-pending" if pending and last else ""
-            rows.append(f'<div class="glm-msg glm-bot{state}"><div class="glm-role">ChatGLM</div>'
-                        f'<div class="glm-body">{render_message(turn.get("response") or "")}</div></div>')
+        response = turn.get("response") or ""
+        if pending and last:
+            rows.append('<div class="glm-msg glm-bot glm-pending"><div class="glm-role">ChatGLM</div>'
+                        f'<div class="glm-body">{render_message(response)}</div></div>')
+        elif response or not turn.get("error"):
+            body = render_message(response) if response else '<p class="glm-none">(no answer)</p>'
+            rows.append(f'<div class="glm-msg glm-bot"><div class="glm-role">ChatGLM</div>'
+                        f'<div class="glm-body">{body}</div></div>')
         if turn.get("error"):
             rows.append(f'<div class="glm-msg glm-error" role="alert">⚠ {html.escape(turn["error"])}</div>')
     return f'<div class="glm-transcript">{"".join(rows)}</div>'
@@ -188,7 +192,7 @@ def render_transcript(turns, pending=False):
 _CSS = """
 .glm-transcript { display: flex; flex-direction: column; gap: 10px; padding: 8px; min-height: 360px;
   max-height: 65vh; overflow-y: auto; }
-.glm-empty { color: #888; margin: auto; }
+.glm-empty, .glm-none { color: #888; margin: auto; }
 .glm-msg { max-width: 92%; padding: 8px 12px; border-radius: 10px; overflow-wrap: anywhere; }
 .glm-user { align-self: flex-end; background: #e8f0fe; color: #111; }
 .glm-bot { align-self: flex-start; background: #f3f4f6; color: #111; }
@@ -196,6 +200,7 @@ _CSS = """
 .glm-role { font-size: 0.75em; font-weight: 600; opacity: 0.6; margin-bottom: 2px; }
 .glm-body p { margin: 0.25em 0; }
 .glm-body pre { background: #1f2430; color: #e6e6e6; padding: 8px; border-radius: 6px; overflow-x: auto; }
+.glm-body pre code { color: inherit; background: transparent; white-space: pre; }
 .glm-pending .glm-body::after { content: "▍"; animation: glm-blink 1s steps(1) infinite; }
 @keyframes glm-blink { 50% { opacity: 0; } }
 """
@@ -308,7 +313,8 @@ def parse_args(argv=None):
     web.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 7860)")
     web.add_argument("--share", action="store_true", help="also publish a public gradio.live link (off by default)")
     web.add_argument("--max-length", type=int, default=2048, help="starting value of the max_length slider")
-    web.add_argument("--queue-size", type=int, default=None, help="most requests waiting in the queue (default: no limit)")
+    web.add_argument("--queue-size", type=int, default=None,
+                     help="most requests waiting in the queue (default: no limit)")
     return parser.parse_args(argv)
 
 

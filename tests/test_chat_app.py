@@ -47,7 +47,7 @@ def wait_http(url, timeout, proc=None, log=None):
 
 
 @contextlib.contextmanager
-def running_app(tmp_dir, *args):
+def running_app(tmp_dir, *args, max_length=MAX_LENGTH):
     """`python -m glm_ms.chat_app --model demo` on a free port; yields (url, process)."""
     port = free_port()
     log = Path(tmp_dir) / f"app-{port}.log"
@@ -55,7 +55,7 @@ def running_app(tmp_dir, *args):
                GRADIO_ANALYTICS_ENABLED="False")
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "glm_ms.chat_app", "--model", "demo", "--port", str(port),
-                                 "--max-length", str(MAX_LENGTH), *args], stdout=out, stderr=subprocess.STDOUT,
+                                 "--max-length", str(max_length), *args], stdout=out, stderr=subprocess.STDOUT,
                                 env=env, cwd=tmp_dir)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -204,20 +204,20 @@ class FakeModel:
 
 @pytest.fixture(scope="module")
 def fake_app():
-    gr = pytest.importorskip("gradio")
+    pytest.importorskip("gradio")
     from gradio_client import Client
     model = FakeModel()
     demo = chat_app.build_demo(model, None, demo_note="demo note").queue(default_concurrency_limit=1)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
     try:
-        yield model, (lambda: Client(f"http://127.0.0.1:{port}/", verbose=False)), gr
+        yield model, (lambda: Client(f"http://127.0.0.1:{port}/", verbose=False))
     finally:
         demo.close()
 
 
 def test_stop_ends_generation_keeps_the_partial_answer_and_frees_the_model(fake_app):
-    model, client, _ = fake_app
+    model, client = fake_app
     c = client()
     job = c.submit("long", 2000, TOP_P, TEMPERATURE, None, api_name="/chat")
     end = time.monotonic() + 30
@@ -238,7 +238,7 @@ def test_stop_ends_generation_keeps_the_partial_answer_and_frees_the_model(fake_
 
 
 def test_generation_error_is_shown_and_the_app_stays_up(fake_app):
-    _, client, _ = fake_app
+    _, client = fake_app
     c = client()
     query, html, history = c.predict("boom", 8, TOP_P, TEMPERATURE, None, api_name="/chat")
     assert "Generation failed (RuntimeError: kaboom)" in html and history == []
@@ -248,7 +248,7 @@ def test_generation_error_is_shown_and_the_app_stays_up(fake_app):
 
 
 def test_concurrent_sessions_take_turns_and_keep_separate_histories(fake_app):
-    model, client, _ = fake_app
+    model, client = fake_app
     a, b = client(), client()
     jobs = [a.submit("a", 20, TOP_P, TEMPERATURE, None, api_name="/chat"),
             b.submit("b", 20, TOP_P, TEMPERATURE, None, api_name="/chat")]

@@ -1,4 +1,5 @@
-"""`glm-ms-chat` with piped stdin: answers equal `model.chat`, `clear` forgets, `stop`/EOF exit 0, Ctrl-C stops an answer."""
+"""`glm-ms-chat` with piped stdin: answers equal `model.chat`, `clear` forgets, `stop`/EOF exit 0,
+Ctrl-C stops an answer, not the program."""
 import io
 import os
 import queue
