@@ -5,7 +5,9 @@ import mindspore as ms
 
 
 def _zeros(shape, dtype):
-    return Parameter(Tensor(np.zeros(shape, dtype=np.float32)).astype(dtype))
+    # Host zeros in `dtype` itself: no float32 staging copy, and (unlike an op's output, which lives in
+    # MindSpore's memory pool) the buffer is returned to the system when loading replaces it.
+    return Parameter(Tensor(np.zeros(shape, dtype=np.float16 if dtype == ms.float16 else np.float32)))
 
 
 class Linear(nn.Cell):
