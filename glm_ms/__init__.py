@@ -6,11 +6,16 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "ChatGLMForConditionalGeneration": "api",
+    "ChatGLM2ForConditionalGeneration": "api",
+    "ChatGLM3ForConditionalGeneration": "api",
     "AutoModelForSeq2SeqLM": "api",
     "AutoModel": "api",
     "AutoTokenizer": "api",
     "ChatGLMTokenizer": "tokenizer",
+    "ChatGLM2Tokenizer": "tokenizer_glm2",
+    "ChatGLM3Tokenizer": "tokenizer_glm2",
     "ChatGLMConfig": "config",
+    "ChatGLM2Config": "config",
 }
 
 __all__ = sorted(_PUBLIC)

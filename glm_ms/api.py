@@ -1,8 +1,15 @@
-"""The public classes: the model with generation and chat, the tokenizer, and MindNLP-style Auto aliases."""
+"""The public classes: the model with generation and chat, the tokenizer, and MindNLP-style Auto aliases.
+
+`ChatGLMForConditionalGeneration.from_pretrained` and `AutoTokenizer.from_pretrained` look at the folder's
+config.json and return ChatGLM-6B, ChatGLM2-6B or ChatGLM3-6B classes accordingly (`family=` overrides).
+"""
 from .chat import ChatMixin
+from .chat_glm2 import ChatGLM2ChatMixin, ChatGLM3ChatMixin
 from .generation import GenerationMixin
 from .model import ChatGLMCausalLM
+from .model_glm2 import ChatGLM2CausalLM
 from .tokenizer import ChatGLMTokenizer
+from .tokenizer_glm2 import ChatGLM2Tokenizer, ChatGLM3Tokenizer
 
 
 class ChatGLMForConditionalGeneration(ChatMixin, GenerationMixin, ChatGLMCausalLM):
@@ -15,14 +22,72 @@ class ChatGLMForConditionalGeneration(ChatMixin, GenerationMixin, ChatGLMCausalL
         safetensors shards, read in place) or a model id with `mirror="modelscope"` (downloaded and converted
         once into the cache; later calls make no request). `cache_dir` defaults to $GLM_MS_CACHE, else
         ~/.cache/glm_ms; `endpoint` to $MODELSCOPE_ENDPOINT, else https://modelscope.cn."""
+        family = kwargs.pop("family", None)
         if kwargs:
             raise TypeError(f"unexpected arguments: {', '.join(sorted(kwargs))}")
         from .convert.hub import resolve_model_folder
         folder = resolve_model_folder(path_or_id, mirror=mirror, revision=revision, cache_dir=cache_dir,
                                       endpoint=endpoint)
-        return cls.from_folder(folder, dtype=dtype)
+        if cls is ChatGLMForConditionalGeneration:  # the entry point (and Auto alias) of every family
+            from .config import load_config
+            config = load_config(folder, family=family)
+            target = MODEL_CLASSES[getattr(config, "family", "chatglm-6b")]
+            return target.from_folder(folder, dtype=dtype, config=config)
+        return cls.from_folder(folder, dtype=dtype, **({"family": family} if family else {}))
+
+
+class _FamilyLoader:
+    """`from_pretrained` of the ChatGLM2/3 classes: the class, not the folder, decides the generation."""
+
+    family = None
+
+    @classmethod
+    def from_pretrained(cls, path_or_id, dtype=None, mirror=None, revision="master", cache_dir=None, endpoint=None):
+        """As `ChatGLMForConditionalGeneration.from_pretrained`, loaded as this class's generation."""
+        from .convert.hub import resolve_model_folder
+        folder = resolve_model_folder(path_or_id, mirror=mirror, revision=revision, cache_dir=cache_dir,
+                                      endpoint=endpoint)
+        return cls.from_folder(folder, dtype=dtype, family=cls.family)
+
+
+class ChatGLM2ForConditionalGeneration(_FamilyLoader, ChatGLM2ChatMixin, GenerationMixin, ChatGLM2CausalLM):
+    """ChatGLM2-6B with `generate`, `stream_generate`, `chat`, `stream_chat` (history: (query, response) pairs)."""
+
+    family = "chatglm2"
+
+
+class ChatGLM3ForConditionalGeneration(_FamilyLoader, ChatGLM3ChatMixin, GenerationMixin, ChatGLM2CausalLM):
+    """ChatGLM3-6B with `generate`, `stream_generate`, `chat`, `stream_chat` (history: role messages, tools)."""
+
+    family = "chatglm3"
+
+
+MODEL_CLASSES = {"chatglm-6b": ChatGLMForConditionalGeneration, "chatglm2": ChatGLM2ForConditionalGeneration,
+                 "chatglm3": ChatGLM3ForConditionalGeneration}
+TOKENIZER_CLASSES = {"chatglm-6b": ChatGLMTokenizer, "chatglm2": ChatGLM2Tokenizer, "chatglm3": ChatGLM3Tokenizer}
+
+
+class AutoTokenizer:
+    """`from_pretrained` returns the tokenizer of the folder's family (ChatGLM-6B, ChatGLM2-6B or ChatGLM3-6B)."""
+
+    @staticmethod
+    def from_pretrained(path_or_id, mirror=None, revision="master", cache_dir=None, endpoint=None, family=None,
+                        **options):
+        """A local folder, or a model id with `mirror="modelscope"`; other keywords go to the tokenizer."""
+        from .config import detect_family
+        from .convert.hub import resolve_tokenizer_folder
+        folder = resolve_tokenizer_folder(path_or_id, mirror=mirror, revision=revision, cache_dir=cache_dir,
+                                          endpoint=endpoint)
+        if family is None:
+            # A tokenizer folder without config.json is ChatGLM-6B's (ice_text.model) or ChatGLM2's (tokenizer.model).
+            if (folder / "config.json").is_file():
+                family = detect_family(folder)
+            else:
+                family = "chatglm-6b" if (folder / "ice_text.model").is_file() else "chatglm2"
+        if family not in TOKENIZER_CLASSES:
+            raise ValueError(f"family must be one of {', '.join(TOKENIZER_CLASSES)}, got {family!r}")
+        return TOKENIZER_CLASSES[family].from_pretrained(folder, **options)
 
 
 AutoModelForSeq2SeqLM = ChatGLMForConditionalGeneration
 AutoModel = ChatGLMForConditionalGeneration
-AutoTokenizer = ChatGLMTokenizer

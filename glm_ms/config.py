@@ -205,13 +205,24 @@ def _mentions(text, *needles):
     return any(n in text for n in needles)
 
 
+def family_from_names(*names):
+    """'chatglm3' / 'chatglm2' when a repository name (config `_name_or_path`, tokenizer `name_or_path`) says so."""
+    for name in names:
+        if _mentions(name, "chatglm3"):
+            return "chatglm3"
+        if _mentions(name, "chatglm2", "codegeex2"):
+            return "chatglm2"
+    return None
+
+
 def detect_family(folder, data=None):
     """'chatglm-6b', 'chatglm2' or 'chatglm3' for a model folder.
 
     ChatGLM2 and ChatGLM3 share config.json's fields and the sentencepiece model (the role tokens live in the
-    tokenizer code), so the third generation is recognised, in order, by: a `family` key written by our
-    converter, the repository name recorded in config.json / tokenizer_config.json, and the shipped
-    `tokenization_chatglm.py` knowing `<|observation|>`. Without any of these the folder is taken as ChatGLM2.
+    tokenizer code), so the third generation is recognised, in order, by: a `family` key in config.json, the
+    repository name recorded in config.json / tokenizer_config.json (kept by glm-ms-convert), and a shipped
+    `tokenization_chatglm.py` knowing `<|observation|>`. Without any of these the folder is taken as ChatGLM2;
+    `load_config(folder, family=...)` and `from_pretrained(..., family=...)` override the detection.
     """
     folder = Path(folder)
     if data is None:
@@ -228,11 +239,9 @@ def detect_family(folder, data=None):
             names.append(json.loads(tok_config.read_text(encoding="utf-8")).get("name_or_path"))
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             pass
-    for name in names:
-        if _mentions(name, "chatglm3"):
-            return "chatglm3"
-        if _mentions(name, "chatglm2", "codegeex2"):
-            return "chatglm2"
+    named = family_from_names(*names)
+    if named:
+        return named
     code = folder / "tokenization_chatglm.py"
     if code.is_file() and "<|observation|>" in code.read_text(encoding="utf-8", errors="replace"):
         return "chatglm3"

@@ -53,11 +53,6 @@ class ChatGLM2CausalLM(ChatGLMCausalLM):
         self.transformer = ChatGLM2Model(config, dtype=self.compute_dtype)
         self.set_train(False)
 
-    @property
-    def family(self):
-        """'chatglm2' or 'chatglm3'."""
-        return self.config.family
-
     # ----- tensors in, tensors out: the unit the compiled decode path builds on -----
     def forward_step(self, input_ids, position_ids, mask, cache_positions, last_only=False):
         """Tokens [b, s] at positions [b, 1, s] through the model, keys written at `cache_positions`; logits [b, s|1, vocab]."""

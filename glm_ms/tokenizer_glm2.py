@@ -71,9 +71,12 @@ class GLM2FamilyTokenizer:
     # ---- construction / saving ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, folder, **overrides):
-        """Load from a folder holding `tokenizer.model` (and usually `tokenizer_config.json`); overrides win."""
-        folder = os.fspath(folder)
+    def from_pretrained(cls, folder, mirror=None, revision="master", cache_dir=None, endpoint=None, **overrides):
+        """Load from a folder holding `tokenizer.model` (and usually `tokenizer_config.json`), or from a model id
+        with `mirror="modelscope"` (only the tokenizer files are fetched, once); keyword overrides win."""
+        from .convert.hub import resolve_tokenizer_folder  # no mindspore: the hub imports it only for .ckpt
+        folder = os.fspath(resolve_tokenizer_folder(folder, mirror=mirror, revision=revision, cache_dir=cache_dir,
+                                                    endpoint=endpoint))
         vocab_file = os.path.join(folder, VOCAB_FILE)
         if not os.path.isfile(vocab_file):
             raise FileNotFoundError(f"tokenizer file not found: {vocab_file}")

@@ -24,20 +24,14 @@ def golden_json(family):
     return json.loads((FOLDERS[family] / "golden.json").read_text(encoding="utf-8"))
 
 
-def lm_class():
-    """The ChatGLM2/3 model with generation (no chat): what the parity tests drive."""
-    from glm_ms.generation import GenerationMixin
-    from glm_ms.model_glm2 import ChatGLM2CausalLM
-
-    class ChatGLM2LM(GenerationMixin, ChatGLM2CausalLM):
-        pass
-    return ChatGLM2LM
-
-
 @functools.lru_cache(maxsize=None)
 def model(family):
-    """The tiny model of `family` in float32, loaded once per session."""
-    return lm_class().from_folder(FOLDERS[family], dtype="float32")
+    """The tiny model of `family` (float32) as users get it: the generic entry point picks the class."""
+    from glm_ms import ChatGLMForConditionalGeneration
+    return ChatGLMForConditionalGeneration.from_pretrained(FOLDERS[family], dtype="float32")
+
+
+chat_model = model
 
 
 def tokenizer(family, encode_special_tokens=False):
@@ -46,19 +40,9 @@ def tokenizer(family, encode_special_tokens=False):
 
 @functools.lru_cache(maxsize=None)
 def _tokenizer(family, encode_special_tokens):
-    from glm_ms.tokenizer_glm2 import tokenizer_class
+    from glm_ms import AutoTokenizer
     options = {"encode_special_tokens": True} if encode_special_tokens else {}
-    return tokenizer_class(family).from_pretrained(FOLDERS[family], **options)
-
-
-@functools.lru_cache(maxsize=None)
-def chat_model(family):
-    """The tiny model of `family` with its chat methods, float32."""
-    from glm_ms.chat_glm2 import chat_mixin
-
-    class ChatLM(chat_mixin(family), lm_class()):
-        pass
-    return ChatLM.from_folder(FOLDERS[family], dtype="float32")
+    return AutoTokenizer.from_pretrained(FOLDERS[family], **options)
 
 
 def as_json(value):

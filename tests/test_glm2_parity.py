@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from tests import glm2_reference
-from tests.glm2_support import FAMILIES, FOLDERS, golden, golden_json, lm_class, model, rel_err
+from glm_ms import ChatGLM2ForConditionalGeneration, ChatGLM3ForConditionalGeneration
+from tests.glm2_support import FAMILIES, FOLDERS, golden, golden_json, model, rel_err
 
 PROMPTS = range(4)
 
@@ -15,7 +16,9 @@ def family(request):
 
 
 def test_config_and_family_detection(family):
-    c = model(family).config
+    lm = model(family)
+    assert type(lm) is {"chatglm2": ChatGLM2ForConditionalGeneration, "chatglm3": ChatGLM3ForConditionalGeneration}[family]
+    c = lm.config
     sizes = golden_json(family)["sizes"]
     assert c.family == family == golden_json(family)["family"]
     assert (c.padded_vocab_size, c.hidden_size, c.num_attention_heads, c.kv_channels, c.multi_query_group_num,
@@ -117,7 +120,7 @@ def test_beam_search_ids(family):
 
 def test_float16_model_stays_close(family):
     g = golden(family)
-    half = lm_class().from_folder(FOLDERS[family], dtype="float32").half()
+    half = type(model(family)).from_pretrained(FOLDERS[family], dtype="float32").half()
     checked = agree = 0
     for i in PROMPTS:
         logits = half(g[f"fwd{i}_input_ids"]).logits.asnumpy()[0]
@@ -142,7 +145,7 @@ def test_float16_model_stays_close(family):
 ])
 def test_other_shapes_match_numpy_reference(tmp_path, shape):
     folder, config, sd = glm2_reference.make_checkpoint(tmp_path, **shape)
-    lm = lm_class().from_folder(folder, dtype="float32")
+    lm = ChatGLM2ForConditionalGeneration.from_pretrained(folder, dtype="float32")
     ids = np.random.default_rng(3).integers(5, 2900, size=(1, 11))
     ref = glm2_reference.forward(sd, config, ids[0], np.arange(11))
     assert rel_err(lm(ids).logits.asnumpy()[0], ref) <= 1e-4

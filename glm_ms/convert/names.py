@@ -197,3 +197,51 @@ def map_glm2_name(name):
         return map_name(name, _CHATGLM2)
     except UnknownTensorError:
         raise UnknownTensorError(f"unexpected tensor {name!r}: not in the ChatGLM2/ChatGLM3 name table") from None
+
+
+def _chatglm2_shapes(config):
+    """Parameter name → shape for a ChatGLM2/ChatGLM3 `config.json` dict (biases only where the config has them)."""
+    from ..config import ChatGLM2Config  # numpy-free, mindspore-free
+
+    c = ChatGLM2Config.from_dict(dict(config, family="chatglm2"))
+    h, d, heads, groups, ffn = c.hidden_size, c.head_dim, c.num_attention_heads, c.num_kv_heads, c.ffn_hidden_size
+    qkv = (heads + 2 * groups) * d
+    per_layer = {"input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
+                 "self_attention.query_key_value.weight": (qkv, h), "self_attention.dense.weight": (h, heads * d),
+                 "mlp.dense_h_to_4h.weight": (2 * ffn, h), "mlp.dense_4h_to_h.weight": (h, ffn)}
+    if not c.rmsnorm:
+        per_layer.update({"input_layernorm.bias": (h,), "post_attention_layernorm.bias": (h,)})
+    if c.add_qkv_bias or c.add_bias_linear:
+        per_layer["self_attention.query_key_value.bias"] = (qkv,)
+    if c.add_bias_linear:
+        per_layer.update({"self_attention.dense.bias": (h,), "mlp.dense_h_to_4h.bias": (2 * ffn,),
+                          "mlp.dense_4h_to_h.bias": (h,)})
+    shapes = {"transformer.embedding.word_embeddings.weight": (c.padded_vocab_size, h)}
+    for i in range(c.num_layers):
+        shapes.update({f"transformer.encoder.layers.{i}.{k}": v for k, v in per_layer.items()})
+    if c.post_layer_norm:
+        shapes["transformer.encoder.final_layernorm.weight"] = (h,)
+        if not c.rmsnorm:
+            shapes["transformer.encoder.final_layernorm.bias"] = (h,)
+    shapes["transformer.output_layer.weight"] = (c.padded_vocab_size, h)
+    return shapes
+
+
+def _second_generation(config, family):
+    from ..config import config_family, family_from_names
+    try:
+        if config_family(config) != "chatglm2":
+            return False
+    except ValueError:
+        return False
+    named = family_from_names(config.get("_name_or_path")) or "chatglm2"
+    return named == family
+
+
+# ChatGLM2 and ChatGLM3 checkpoints share names and shapes; two entries only so that a converted folder records
+# which generation it holds (told apart by the repository name config.json keeps, as `config.detect_family` does).
+CHATGLM3 = NameTable(family="chatglm3", table=CHATGLM2_NAMES, shapes=_chatglm2_shapes,
+                     matches=lambda config: _second_generation(config, "chatglm3"))
+CHATGLM2 = NameTable(family="chatglm2", table=CHATGLM2_NAMES, shapes=_chatglm2_shapes,
+                     matches=lambda config: _second_generation(config, "chatglm2"))
+TABLES.extend([CHATGLM3, CHATGLM2])
