@@ -102,11 +102,13 @@ class ChatGLM2ChatMixin:
         return response, history + [(query, response)]
 
     def stream_chat(self, tokenizer, query, history=None, past_key_values=None, max_length=8192, do_sample=True,
-                    top_p=0.8, temperature=0.8, logits_processor=None, return_past_key_values=False, **kwargs):
+                    top_p=0.8, temperature=0.8, logits_processor=None, return_past_key_values=False, include_last=True,
+                    **kwargs):
         """Yield (response so far, history) — plus a `ChatPast` with `return_past_key_values` — as tokens arrive.
 
         With `past_key_values` from the previous turn only this turn's round is fed, and `max_length` counts
-        this turn's ids and the new tokens, as upstream.
+        this turn's ids and the new tokens, as upstream. Unlike ChatGLM-6B's, the step that ends generation is
+        yielded too (upstream ChatGLM2/3 behaviour); `include_last=False` leaves it out.
         """
         history = [tuple(turn) for turn in (history or [])]
         past = _past_ids(past_key_values)
@@ -117,7 +119,7 @@ class ChatGLM2ChatMixin:
         fed = past + ids
         for out in self.stream_generate([fed], max_length=len(past) + max_length, do_sample=do_sample, top_p=top_p,
                                         temperature=temperature, logits_processor=_processors(logits_processor),
-                                        include_last=True, **kwargs):
+                                        include_last=include_last, **kwargs):
             response = tokenizer.decode(out[0, len(fed):].tolist())
             if not response or response[-1] == "\ufffd":
                 continue
@@ -182,6 +184,20 @@ def process_response_glm3(output, history):
     return content, history
 
 
+def as_messages(history):
+    """A copy of a ChatGLM3 history; (query, response) pairs, as ChatGLM-6B/2 callers keep them, become messages."""
+    messages = []
+    for item in history or []:
+        if isinstance(item, dict):
+            messages.append(copy.deepcopy(item))
+        elif isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(x, str) for x in item):
+            messages += [{"role": "user", "content": item[0]}, {"role": "assistant", "metadata": "", "content": item[1]}]
+        else:
+            raise ValueError(f"ChatGLM3 history items are {{'role', 'content'}} dicts or (query, response) pairs, "
+                             f"got {item!r}")
+    return messages
+
+
 class ChatGLM3ChatMixin:
     """`chat` / `stream_chat` of ChatGLM3-6B (history: [{"role", "content"[, "metadata", "tools"]}, ...])."""
 
@@ -201,8 +217,9 @@ class ChatGLM3ChatMixin:
         if role not in self.roles:
             raise ValueError(f"role must be one of {', '.join(self.roles)}, got {role!r}")
         for item in history:
-            if not isinstance(item, dict) or item.get("role") not in self.roles or "content" not in item:
-                raise ValueError(f"ChatGLM3 history items are {{'role', 'content'}} dicts, got {item!r}")
+            if item.get("role") not in self.roles or "content" not in item:
+                raise ValueError(f"ChatGLM3 history messages need a role ({', '.join(self.roles)}) and content, "
+                                 f"got {item!r}")
         keep = 1 if history and history[0]["role"] == "system" else 0  # the system message survives fitting
         return _fit(lambda h: tokenizer.build_chat_input(query, history=h, role=role)["input_ids"][0].tolist(),
                     history, max_length, keep=keep)
@@ -213,7 +230,7 @@ class ChatGLM3ChatMixin:
 
         The response is text, or a dict for a tool call. `history` itself is not modified.
         """
-        history = copy.deepcopy(list(history or []))
+        history = as_messages(history)
         ids = self._chat_ids(tokenizer, query, history, role, max_length)
         out = self.generate([ids], max_length=max_length, num_beams=num_beams, do_sample=do_sample, top_p=top_p,
                             temperature=temperature, logits_processor=_processors(logits_processor),
@@ -224,13 +241,14 @@ class ChatGLM3ChatMixin:
 
     def stream_chat(self, tokenizer, query, history=None, role="user", past_key_values=None, max_length=8192,
                     do_sample=True, top_p=0.8, temperature=0.8, logits_processor=None, return_past_key_values=False,
-                    **kwargs):
+                    include_last=True, **kwargs):
         """Yield (response so far, history) — plus a `ChatPast` with `return_past_key_values` — as tokens arrive.
 
         With `past_key_values` from the previous turn only this turn's message is fed (`[gMASK] sop <|role|>…`),
-        and `max_length` counts this turn's ids and the new tokens, as upstream.
+        and `max_length` counts this turn's ids and the new tokens, as upstream. The step that ends generation
+        is yielded too; `include_last=False` leaves it out.
         """
-        history = copy.deepcopy(list(history or []))
+        history = as_messages(history)
         past = _past_ids(past_key_values)
         if past_key_values is None:
             ids = self._chat_ids(tokenizer, query, history, role, max_length)
@@ -240,7 +258,7 @@ class ChatGLM3ChatMixin:
         fed = past + ids
         for out in self.stream_generate([fed], max_length=len(past) + max_length, do_sample=do_sample, top_p=top_p,
                                         temperature=temperature, logits_processor=_processors(logits_processor),
-                                        eos_token_id=self.stop_ids(tokenizer), include_last=True, **kwargs):
+                                        eos_token_id=self.stop_ids(tokenizer), include_last=include_last, **kwargs):
             response = tokenizer.decode(out[0, len(fed):-1].tolist())
             if not response or response[-1] == "\ufffd":
                 continue

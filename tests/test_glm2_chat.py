@@ -76,3 +76,12 @@ def test_sampled_chat_is_reproducible_with_a_seed():
     a, _ = lm.chat(tok, "你好", max_length=30, seed=7)
     b, _ = lm.chat(tok, "你好", max_length=30, seed=7)
     assert a == b and isinstance(a, str)
+
+
+def test_the_app_call_shape_yields_what_chat_returns():
+    """glm-ms-web / glm-ms-chat call stream_chat(tokenizer, query, history, include_last=True, ...)."""
+    lm, tok = chat_model(FAMILY), tokenizer(FAMILY)
+    turn = golden_json(FAMILY)["chat_greedy"][0]
+    streamed = list(lm.stream_chat(tok, turn["query"], [], include_last=True, max_length=turn["max_length"],
+                                   do_sample=False))
+    assert as_json(streamed[-1]) == [turn["response"], turn["history"]]

@@ -95,3 +95,20 @@ def test_observation_turn_round_trips_through_history():
     assert history[-1]["role"] == "assistant"
     with pytest.raises(ValueError, match="role"):
         lm.chat(tok, "hi", history=[{"role": "bot", "content": "x"}])
+
+
+def test_pair_history_and_the_app_call_shape():
+    """(query, response) pairs, as the web page and terminal chat keep them, are read as user/assistant messages."""
+    lm, tok = chat_model(FAMILY), tokenizer(FAMILY)
+    turn = golden_json(FAMILY)["chat_greedy"][1]
+    pairs = [(m["content"], n["content"]) for m, n in zip(turn["history"][:-2:2], turn["history"][1:-2:2])]
+    response, history = lm.chat(tok, turn["query"], pairs, max_length=turn["max_length"], do_sample=False)
+    assert (response, history) == (turn["response"], turn["history"])
+    streamed = list(lm.stream_chat(tok, turn["query"], pairs, include_last=True, max_length=turn["max_length"],
+                                   do_sample=False))
+    assert streamed[-1] == (turn["response"], turn["history"])
+    without_last = list(lm.stream_chat(tok, turn["query"], pairs, include_last=False, max_length=turn["max_length"],
+                                       do_sample=False))
+    assert len(without_last) in (len(streamed), len(streamed) - 1)
+    with pytest.raises(ValueError, match="pairs"):
+        lm.chat(tok, "hi", history=["just a string"])
