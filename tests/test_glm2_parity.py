@@ -154,3 +154,13 @@ def test_other_shapes_match_numpy_reference(tmp_path, shape):
     for step, got in enumerate(scores):
         full = glm2_reference.forward(sd, config, out[0, :11 + step], np.arange(11 + step))[-1]
         assert rel_err(got[0], full) <= 1e-4
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_compiled_and_eager_decoding_agree_on_a_padded_batch(family, compiled):
+    g, case = golden(family), golden_json(family)["eos_cases"]["batch_eos"]
+    ids = g["batch_input_ids"]
+    out = model(family).generate(ids, attention_mask=g["batch_attention_mask"], position_ids=g["batch_position_ids"],
+                                 max_length=ids.shape[1] + case["max_new"], do_sample=False, compiled=compiled,
+                                 eos_token_id=case["eos_token_id"], pad_token_id=case["pad_token_id"])
+    np.testing.assert_array_equal(out, g["batch_eos_output_ids"])
