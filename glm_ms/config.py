@@ -13,8 +13,46 @@ class ConfigError(ValueError):
     """A config.json that is missing a field or contradicts itself."""
 
 
+class _ConfigJSON:
+    """Reading and writing config.json for the config dataclasses below."""
+
+    @classmethod
+    def from_dict(cls, data, source="config"):
+        """Build from a config.json dict; unknown keys are ignored, missing required ones named."""
+        known = {f.name for f in fields(cls)}
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise ConfigError(f"{source}: missing field(s) {', '.join(missing)}")
+        kwargs = {k: v for k, v in data.items() if k in known}
+        try:
+            return cls(**kwargs)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{source}: {err}") from None
+
+    @classmethod
+    def from_file(cls, path):
+        """Read `config.json` (or the config.json inside a folder)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no config.json at {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not valid JSON ({err})") from None
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self):
+        """Plain dict with config.json's field names."""
+        return asdict(self)
+
+
 @dataclass(frozen=True)
-class ChatGLMConfig:
+class ChatGLMConfig(_ConfigJSON):
     vocab_size: int              # embedding rows = lm_head rows (130528 current, 150528 old layout)
     hidden_size: int             # model width
     num_layers: int              # GLM blocks
@@ -60,40 +98,6 @@ class ChatGLMConfig:
         """Dims rotated by each of the two rotary embeddings (half a head)."""
         return self.head_dim // 2
 
-    @classmethod
-    def from_dict(cls, data, source="config"):
-        """Build from a config.json dict; unknown keys are ignored, missing required ones named."""
-        known = {f.name for f in fields(cls)}
-        required = [f.name for f in fields(cls) if f.default is MISSING]
-        missing = [name for name in required if name not in data]
-        if missing:
-            raise ConfigError(f"{source}: missing field(s) {', '.join(missing)}")
-        kwargs = {k: v for k, v in data.items() if k in known}
-        try:
-            return cls(**kwargs)
-        except ConfigError as err:
-            raise ConfigError(f"{source}: {err}") from None
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{source}: {err}") from None
-
-    @classmethod
-    def from_file(cls, path):
-        """Read `config.json` (or the config.json inside a folder)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no config.json at {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON ({err})") from None
-        return cls.from_dict(data, source=str(path))
-
-    def to_dict(self):
-        """Plain dict with config.json's field names."""
-        return asdict(self)
-
 
 # ----------------------------------------------------------------------------- ChatGLM2-6B / ChatGLM3-6B
 
@@ -101,7 +105,7 @@ FAMILIES = ("chatglm-6b", "chatglm2", "chatglm3")
 
 
 @dataclass(frozen=True)
-class ChatGLM2Config:
+class ChatGLM2Config(_ConfigJSON):
     """ChatGLM2-6B / ChatGLM3-6B `config.json` (the two share one architecture and one config layout).
 
     `family` is not in config.json: `load_config` decides it ("chatglm2" or "chatglm3"); only the tokenizer's
@@ -184,10 +188,6 @@ class ChatGLM2Config:
     @property
     def rotary_base(self):
         return 10000.0 * self.rope_ratio
-
-    from_dict = classmethod(ChatGLMConfig.from_dict.__func__)
-    from_file = classmethod(ChatGLMConfig.from_file.__func__)
-    to_dict = ChatGLMConfig.to_dict
 
 
 def config_family(data):
