@@ -1,0 +1,172 @@
+"""Decode benchmark on random weights: prints one JSON object.
+
+Default shape: ChatGLM-6B's width (hidden 4096, 32 heads, inner 16384, vocab 130528) with 2 layers, so it fits
+and runs in minutes on a small CPU box. Times are reported next to `bandwidth_bound_ms_per_token`: the time
+numpy takes, in the same run, to stream the same number of weight bytes through matrix-vector products, so
+the figures read as ratios rather than machine-dependent absolutes.
+
+    python3 scripts/bench.py --layers 2
+"""
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+POSITIONS = (16, 128, 512)
+
+
+def peak_rss_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+
+
+def build_model(args):
+    """A ChatGLM-6B-architecture model of the requested shape with small random weights."""
+    from mindspore import Tensor
+    from glm_ms import ChatGLMConfig, ChatGLMForConditionalGeneration
+    vocab = args.vocab
+    if vocab >= 130528:  # the real special ids
+        special = dict(mask_token_id=130000, gmask_token_id=130001, bos_token_id=130004, eos_token_id=130005)
+    else:
+        special = dict(mask_token_id=vocab - 4, gmask_token_id=vocab - 3, bos_token_id=vocab - 2,
+                       eos_token_id=vocab - 1)
+    config = ChatGLMConfig(vocab_size=vocab, hidden_size=args.hidden, num_layers=args.layers,
+                           num_attention_heads=args.heads, inner_hidden_size=args.inner, pad_token_id=3,
+                           max_sequence_length=max(2048, args.prompt_len + args.new_tokens + 1), **special)
+    model = ChatGLMForConditionalGeneration(config, dtype=args.dtype)
+    import mindspore as ms
+    rng = np.random.default_rng(args.seed)
+    for name, param in model.weight_parameters().items():
+        values = rng.standard_normal(param.shape, dtype=np.float32)
+        values *= np.float32(0.02)
+        if name.endswith("layernorm.weight"):
+            values += 1
+        # from_numpy shares the array: no extra copy of a 2 GB matrix while filling.
+        data = Tensor.from_numpy(values) if param.dtype == ms.float32 else Tensor(values).astype(param.dtype)
+        param.set_data(data)
+        del values, data
+    return model, config
+
+
+def streamed_matrices(model):
+    """(rows, cols, bytes per element) of every weight matrix a decode step reads once."""
+    import mindspore as ms
+    size = 2 if model.compute_dtype == ms.float16 else 4
+    # lm_head shares the embedding matrix, which the output projection reads whole once per token.
+    return [(p.shape[0], p.shape[1], size) for p in model.weight_parameters().values() if len(p.shape) == 2]
+
+
+def bandwidth_bound_ms(mats, repeats=5):
+    """Best time of numpy fp32 `x @ W.T` over matrices holding the same bytes as the model's (one buffer reused)."""
+    shapes = [(max(1, rows * size // 4), cols) for rows, cols, size in mats]
+    buffer = np.ones(max(r * c for r, c in shapes), dtype=np.float32)
+    xs = {cols: np.ones(cols, dtype=np.float32) for _, cols in shapes}
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for rows, cols in shapes:
+            w = buffer[:rows * cols].reshape(rows, cols)
+            (xs[cols] @ w.T).sum()
+        best = min(best, time.perf_counter() - start)
+    del buffer
+    return best * 1e3, sum(r * c * 4 for r, c in shapes)
+
+
+def timed_stream(model, prompt, new_tokens, stop_after=None, compiled=True):
+    """Seconds to the first token, then per decode step (time between consecutive tokens)."""
+    start = time.perf_counter()
+    marks = []
+    gen = model.stream_generate(prompt, max_new_tokens=new_tokens, do_sample=False, eos_token_id=[],
+                                include_last=True, compiled=compiled)
+    for _ in gen:
+        marks.append(time.perf_counter())
+        if stop_after and len(marks) >= stop_after:
+            gen.close()
+            break
+    return marks[0] - start, np.diff(marks)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=4096)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--inner", type=int, default=16384)
+    parser.add_argument("--vocab", type=int, default=130528)
+    parser.add_argument("--prompt-len", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=512)
+    parser.add_argument("--dtype", default=None, help="float32 (CPU default) or float16 (Ascend default)")
+    parser.add_argument("--device", default=None, help="CPU or Ascend (default: Ascend when present)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup-tokens", type=int, default=4,
+                        help="the first generate (compiles) is stopped after this many tokens; 0 = full length")
+    parser.add_argument("--eager-tokens", type=int, default=6, help="eager decode steps timed for comparison")
+    args = parser.parse_args(argv)
+
+    from glm_ms.device import default_dtype, select_device
+    device = select_device(args.device)
+    args.dtype = args.dtype or default_dtype()
+    from glm_ms.compiled import graph_compilations
+
+    t0 = time.perf_counter()
+    model, config = build_model(args)
+    build_s = time.perf_counter() - t0
+    mats = streamed_matrices(model)
+    bound_ms, streamed_bytes = bandwidth_bound_ms(mats)
+
+    rng = np.random.default_rng(args.seed)
+    body = rng.integers(5, min(config.vocab_size, config.mask_token_id), size=max(args.prompt_len - 2, 0))
+    prompt = np.concatenate([body, [config.gmask_token_id, config.bos_token_id]])[None].astype(np.int64)
+    seq = prompt.shape[1]
+
+    c0 = graph_compilations(model)
+    t1 = time.perf_counter()
+    timed_stream(model, prompt, args.new_tokens, stop_after=args.warmup_tokens or None)
+    first_s = time.perf_counter() - t1
+    c1 = graph_compilations(model)
+    prefill_s, steps = timed_stream(model, prompt, args.new_tokens)
+    c2 = graph_compilations(model)
+
+    def at(position):
+        k = position - seq  # step k feeds the token at cache slot seq + k
+        window = steps[max(k - 2, 0):k + 3]
+        return round(float(np.median(window)) * 1e3, 2) if 0 <= k < len(steps) else None
+
+    eager_ms = None
+    if args.eager_tokens:
+        _, eager_steps = timed_stream(model, prompt, args.eager_tokens + 1, compiled=False)
+        eager_ms = round(float(np.mean(eager_steps[1:] if len(eager_steps) > 1 else eager_steps)) * 1e3, 2)
+    decode_ms = float(np.mean(steps)) * 1e3
+    result = {
+        "shape": {"layers": args.layers, "hidden": args.hidden, "heads": args.heads, "inner": args.inner,
+                  "vocab": args.vocab},
+        "dtype": args.dtype,
+        "device": device,
+        "prompt_len": int(seq),
+        "new_tokens": args.new_tokens,
+        "prefill_ms": round(prefill_s * 1e3, 2),
+        "decode_ms_per_token": round(decode_ms, 2),
+        "decode_ms_at": {p: at(p) for p in POSITIONS},
+        "tokens_per_s": round(1e3 / decode_ms, 3),
+        "compiles_first": c1 - c0,
+        "compiles_second": c2 - c1,
+        "peak_rss_gb": round(peak_rss_gb(), 2),
+        "bandwidth_bound_ms_per_token": round(bound_ms, 2),
+        "decode_vs_bound": round(decode_ms / bound_ms, 3),
+        "weight_bytes_per_token": streamed_bytes,
+        "eager_decode_ms_per_token": eager_ms,
+        "first_generate_s": round(first_s, 2),
+        "build_s": round(build_s, 2),
+        "cpu_count": os.cpu_count(),
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
