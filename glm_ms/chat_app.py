@@ -21,7 +21,7 @@ import re
 import threading
 from html.parser import HTMLParser
 
-from .loading import DEMO_NOTE, add_model_arguments, is_demo, load_from_args
+from .loading import DEMO_NOTE, add_model_arguments, chat_defaults, is_demo, load_from_args, response_text
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,7 @@ def build_demo(model, tokenizer, *, title="ChatGLM-6B on MindSpore", demo_note=N
                 stream = model.stream_chat(tokenizer, query, history, include_last=True, **settings)
                 try:
                     for response, _ in stream:
+                        response = response_text(response)  # a ChatGLM3 tool call arrives as a dict
                         turn["response"] = response
                         yield "", render_transcript(turns, pending=True), turns, history + [(query, response)]
                 finally:
@@ -312,7 +313,9 @@ def parse_args(argv=None):
                      help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)")
     web.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 7860)")
     web.add_argument("--share", action="store_true", help="also publish a public gradio.live link (off by default)")
-    web.add_argument("--max-length", type=int, default=2048, help="starting value of the max_length slider")
+    web.add_argument("--max-length", type=int, default=None,
+                     help="starting value of the max_length slider (default: the model family's, 2048 for "
+                          "ChatGLM-6B, 8192 for ChatGLM2/3)")
     web.add_argument("--queue-size", type=int, default=None,
                      help="most requests waiting in the queue (default: no limit)")
     return parser.parse_args(argv)
@@ -327,8 +330,10 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     model, tokenizer = load_from_args(args)
-    demo = build_demo(model, tokenizer, demo_note=DEMO_NOTE if is_demo(args.model) else None,
-                      max_length=args.max_length)
+    defaults = chat_defaults(model)
+    if args.max_length is not None:
+        defaults["max_length"] = args.max_length
+    demo = build_demo(model, tokenizer, demo_note=DEMO_NOTE if is_demo(args.model) else None, **defaults)
     if is_demo(args.model):
         log.warning(DEMO_NOTE)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)

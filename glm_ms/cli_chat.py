@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 
-from .loading import DEMO_NOTE, add_model_arguments, is_demo, load_from_args
+from .loading import DEMO_NOTE, add_model_arguments, chat_defaults, is_demo, load_from_args, response_text
 
 WELCOME = ("欢迎使用 ChatGLM-6B 模型，输入内容即可进行对话，clear 清空对话历史，stop 终止程序\n"
            "Type a message to chat; 'clear' clears the history, 'stop' exits, Ctrl-C stops the current answer.")
@@ -96,6 +96,7 @@ def answer(model, tokenizer, query, history, settings, out=sys.stdout, ctrl_c=No
     stream = model.stream_chat(tokenizer, query, history, include_last=True, **settings)
     try:
         for response, new_history in stream:
+            response = response_text(response)  # a ChatGLM3 tool call arrives as a dict
             printer.update(response)
             if ctrl_c.pressed():
                 stopped = True
@@ -191,10 +192,11 @@ def load_interruptibly(args, ctrl_c):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="glm-ms-chat", description="Chat with ChatGLM-6B in the terminal.")
     add_model_arguments(parser)
-    gen = parser.add_argument_group("generation (upstream defaults)")
-    gen.add_argument("--max-length", type=int, default=2048, help="prompt + answer tokens (default 2048)")
-    gen.add_argument("--top-p", type=float, default=0.7, help="nucleus sampling (default 0.7)")
-    gen.add_argument("--temperature", type=float, default=0.95, help="sampling temperature (default 0.95)")
+    gen = parser.add_argument_group("generation (defaults: the model family's, as upstream: ChatGLM-6B 2048 / 0.7 / "
+                                    "0.95, ChatGLM2/3 8192 / 0.8 / 0.8)")
+    gen.add_argument("--max-length", type=int, default=None, help="prompt + answer tokens")
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling")
+    gen.add_argument("--temperature", type=float, default=None, help="sampling temperature")
     gen.add_argument("--seed", type=int, default=None, help="fixed seed for reproducible answers (default: random)")
     return parser.parse_args(argv)
 
@@ -204,8 +206,9 @@ def main(argv=None):
     ctrl_c = CtrlC().block()  # before MindSpore starts any thread
     print(f"Loading {args.model} ...", file=sys.stderr, flush=True)
     model, tokenizer = load_interruptibly(args, ctrl_c)
-    settings = dict(max_length=args.max_length, top_p=args.top_p, temperature=args.temperature, do_sample=True,
-                    seed=args.seed)
+    settings = chat_defaults(model)
+    given = dict(max_length=args.max_length, top_p=args.top_p, temperature=args.temperature)
+    settings.update({key: value for key, value in given.items() if value is not None}, do_sample=True, seed=args.seed)
     return chat_loop(model, tokenizer, settings, banner="⚠ " + DEMO_NOTE if is_demo(args.model) else None,
                      ctrl_c=ctrl_c)
 

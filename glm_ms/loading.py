@@ -2,6 +2,8 @@
 
 The one place that decides which classes load a `--model`; other model families plug in here.
 """
+import inspect
+import json
 import os
 from pathlib import Path
 
@@ -24,15 +26,20 @@ def load_model(model, mirror=None, dtype=None, revision=None, cache_dir=None):
 
     The mirror keywords are passed on only when given, so a local folder loads without any hub code.
     """
-    from .api import ChatGLMForConditionalGeneration
-    from .tokenizer import ChatGLMTokenizer
+    from .api import AutoTokenizer, ChatGLMForConditionalGeneration
     source = str(DEMO_MODEL_DIR) if is_demo(model) else os.fspath(model)
     hub = {key: value for key, value in (("mirror", mirror), ("revision", revision), ("cache_dir", cache_dir))
            if value is not None}
     lm = ChatGLMForConditionalGeneration.from_pretrained(source, dtype=dtype, **hub)
     lm.set_train(False)
-    tokenizer = ChatGLMTokenizer.from_pretrained(source, **hub)
+    tokenizer = AutoTokenizer.from_pretrained(source, **hub)
     return lm, tokenizer
+
+
+def chat_defaults(model):
+    """The family's own chat defaults (max_length, top_p, temperature), read from its `chat` signature."""
+    params = inspect.signature(model.chat).parameters
+    return {name: params[name].default for name in ("max_length", "top_p", "temperature")}
 
 
 def add_model_arguments(parser):
@@ -58,3 +65,12 @@ def load_from_args(args):
         select_device(args.device)
     return load_model(args.model, mirror=args.mirror, dtype=args.dtype, revision=args.revision,
                       cache_dir=args.cache_dir)
+
+
+def response_text(response):
+    """A reply as text for display: ChatGLM3 tool calls ({name, parameters|content}) become `name: …` lines."""
+    if isinstance(response, dict):
+        body = response.get("parameters", response.get("content", ""))
+        body = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+        return f"{response.get('name', '')}: {body}"
+    return response

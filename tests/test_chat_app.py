@@ -157,13 +157,13 @@ def test_import_does_no_work():
 
 
 def test_load_model_passes_mirror_keywords_only_when_given(monkeypatch):
-    from glm_ms import api, loading, tokenizer
+    from glm_ms import api, loading
     calls = []
     monkeypatch.setattr(api.ChatGLMForConditionalGeneration, "from_pretrained",
                         classmethod(lambda cls, path, dtype=None, **kw: calls.append(("model", path, dtype, kw))
                                     or FakeModel()))
-    monkeypatch.setattr(tokenizer.ChatGLMTokenizer, "from_pretrained",
-                        classmethod(lambda cls, path, **kw: calls.append(("tokenizer", path, kw))))
+    monkeypatch.setattr(api.AutoTokenizer, "from_pretrained",
+                        staticmethod(lambda path, **kw: calls.append(("tokenizer", path, kw))))
     loading.load_model("demo")
     loading.load_model("ZhipuAI/ChatGLM-6B", mirror="modelscope", dtype="float16", revision="v1.1.0")
     assert calls == [
