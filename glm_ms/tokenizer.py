@@ -148,7 +148,58 @@ def _clean_up_tokenization(text):
     )
 
 
-class ChatGLMTokenizer:
+class TokenizerFiles:
+    """`from_pretrained` / `save_pretrained` of every tokenizer: a sentencepiece model + tokenizer_config.json."""
+
+    vocab_file_name = VOCAB_FILE
+    config_required = True  # ChatGLM2/3 folders may lack tokenizer_config.json; ChatGLM-6B needs num_image_tokens
+
+    @classmethod
+    def from_pretrained(cls, folder, mirror=None, revision="master", cache_dir=None, endpoint=None, **overrides):
+        """Load from a folder holding the sentencepiece model and `tokenizer_config.json`, or from a model id with
+        `mirror="modelscope"` (only the tokenizer files are fetched, once); keyword overrides win."""
+        from .convert.hub import resolve_tokenizer_folder  # no mindspore: the hub imports it only for .ckpt
+        folder = os.fspath(resolve_tokenizer_folder(folder, mirror=mirror, revision=revision, cache_dir=cache_dir,
+                                                    endpoint=endpoint))
+        vocab_file = os.path.join(folder, cls.vocab_file_name)
+        config_file = os.path.join(folder, CONFIG_FILE)
+        for path in (vocab_file, config_file) if cls.config_required else (vocab_file,):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"tokenizer file not found: {path}")
+        config = {}
+        if os.path.isfile(config_file):
+            with open(config_file, encoding="utf-8") as f:
+                config = json.load(f)
+        params = set(inspect.signature(cls.__init__).parameters) - {"self", "vocab_file"}
+        unknown = set(overrides) - params
+        if unknown:
+            raise TypeError(f"unknown tokenizer option(s): {sorted(unknown)}")
+        kwargs = {k: v for k, v in config.items() if k in params}
+        kwargs.update(overrides)
+        tokenizer = cls(vocab_file, **kwargs)
+        tokenizer.name_or_path = folder
+        # Keep keys we do not use (auto_map, tokenizer_class, ...) so save_pretrained writes them back.
+        tokenizer._extra_config = {k: v for k, v in config.items() if k not in params}
+        return tokenizer
+
+    def save_pretrained(self, folder):
+        """Write the sentencepiece model and `tokenizer_config.json` into `folder`; returns the written paths."""
+        folder = os.fspath(folder)
+        os.makedirs(folder, exist_ok=True)
+        vocab_out = os.path.join(folder, self.vocab_file_name)
+        if not (os.path.exists(vocab_out) and os.path.samefile(vocab_out, self.vocab_file)):
+            shutil.copyfile(self.vocab_file, vocab_out)
+        config = dict(self._extra_config)
+        config.update(self._init_config())
+        config.setdefault("tokenizer_class", "ChatGLMTokenizer")  # the class name upstream's remote code uses
+        config_out = os.path.join(folder, CONFIG_FILE)
+        with open(config_out, "w", encoding="utf-8") as f:
+            json.dump(config, f, ensure_ascii=False, indent=2)
+            f.write("\n")
+        return vocab_out, config_out
+
+
+class ChatGLMTokenizer(TokenizerFiles):
     """ChatGLM-6B tokenizer with transformers-4.33 semantics (encode, decode, left padding, masks, positions)."""
 
     vocab_files_names = {"vocab_file": VOCAB_FILE}
@@ -211,60 +262,13 @@ class ChatGLMTokenizer:
 
     # ---- construction / saving ---------------------------------------------------------------------------------
 
-    @classmethod
-    def from_pretrained(cls, folder, mirror=None, revision="master", cache_dir=None, endpoint=None, **overrides):
-        """Load from a folder holding `ice_text.model` and `tokenizer_config.json`, or from a model id with
-        `mirror="modelscope"` (only the tokenizer files are fetched, once); keyword overrides win."""
-        from .convert.hub import resolve_tokenizer_folder  # no mindspore: the hub imports it only for .ckpt
-        folder = os.fspath(resolve_tokenizer_folder(folder, mirror=mirror, revision=revision, cache_dir=cache_dir,
-                                                    endpoint=endpoint))
-        vocab_file = os.path.join(folder, VOCAB_FILE)
-        config_file = os.path.join(folder, CONFIG_FILE)
-        for path in (vocab_file, config_file):
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"tokenizer file not found: {path}")
-        with open(config_file, encoding="utf-8") as f:
-            config = json.load(f)
-        params = set(inspect.signature(cls.__init__).parameters) - {"self", "vocab_file"}
-        unknown = set(overrides) - params
-        if unknown:
-            raise TypeError(f"unknown tokenizer option(s): {sorted(unknown)}")
-        kwargs = {k: v for k, v in config.items() if k in params}
-        kwargs.update(overrides)
-        tokenizer = cls(vocab_file, **kwargs)
-        tokenizer.name_or_path = folder
-        # Keep keys we do not use (auto_map, tokenizer_class, ...) so save_pretrained writes them back.
-        tokenizer._extra_config = {k: v for k, v in config.items() if k not in params}
-        return tokenizer
-
-    def save_pretrained(self, folder):
-        """Write `ice_text.model` and `tokenizer_config.json` into `folder`; returns the written paths."""
-        folder = os.fspath(folder)
-        os.makedirs(folder, exist_ok=True)
-        vocab_out = os.path.join(folder, VOCAB_FILE)
-        if not (os.path.exists(vocab_out) and os.path.samefile(vocab_out, self.vocab_file)):
-            shutil.copyfile(self.vocab_file, vocab_out)
-        config = dict(self._extra_config)
-        config.update(
-            bos_token=self.bos_token,
-            eos_token=self.eos_token,
-            end_token=self.end_token,
-            gmask_token=self.gmask_token,
-            mask_token=self.mask_token,
-            pad_token=self.pad_token,
-            unk_token=self.unk_token,
-            remove_space=self.remove_space,
-            do_lower_case=self.do_lower_case,
-            num_image_tokens=self.num_image_tokens,
-            padding_side=self.padding_side,
-            clean_up_tokenization_spaces=self.clean_up_tokenization_spaces,
-        )
-        config.setdefault("tokenizer_class", type(self).__name__)
-        config_out = os.path.join(folder, CONFIG_FILE)
-        with open(config_out, "w", encoding="utf-8") as f:
-            json.dump(config, f, ensure_ascii=False, indent=2)
-            f.write("\n")
-        return vocab_out, config_out
+    def _init_config(self):
+        """The constructor options that `save_pretrained` writes to tokenizer_config.json."""
+        return dict(bos_token=self.bos_token, eos_token=self.eos_token, end_token=self.end_token,
+                    gmask_token=self.gmask_token, mask_token=self.mask_token, pad_token=self.pad_token,
+                    unk_token=self.unk_token, remove_space=self.remove_space, do_lower_case=self.do_lower_case,
+                    num_image_tokens=self.num_image_tokens, padding_side=self.padding_side,
+                    clean_up_tokenization_spaces=self.clean_up_tokenization_spaces)
 
     def __repr__(self):
         return (

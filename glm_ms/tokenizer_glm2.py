@@ -14,27 +14,26 @@ transformers 4.33 (what the golden fixtures record).
 
 numpy and sentencepiece only: no mindspore, torch or transformers.
 """
-import inspect
 import json
 import os
 import re
-import shutil
 
 import numpy as np
 import sentencepiece as spm
 
-from .tokenizer import BatchEncoding
+from .tokenizer import BatchEncoding, TokenizerFiles
 
 VOCAB_FILE = "tokenizer.model"
-CONFIG_FILE = "tokenizer_config.json"
 
 
-class GLM2FamilyTokenizer:
+class GLM2FamilyTokenizer(TokenizerFiles):
     """What ChatGLM2 and ChatGLM3 tokenizers share: `[gMASK] sop` prefix, left padding, special ids after the pieces."""
 
     family = None
     special_token_names = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
     vocab_files_names = {"vocab_file": VOCAB_FILE}
+    vocab_file_name = VOCAB_FILE
+    config_required = False
     model_input_names = ["input_ids", "attention_mask", "position_ids"]
     padding_side = "left"
     # What upstream's properties return (its tokenizer_config.json sets none of them).
@@ -69,48 +68,6 @@ class GLM2FamilyTokenizer:
         self._commands = {"<bos>": self.bos_id, "<eos>": self.eos_id, "<unk>": self.pad_id, "<pad>": self.pad_id}
 
     # ---- construction / saving ---------------------------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(cls, folder, mirror=None, revision="master", cache_dir=None, endpoint=None, **overrides):
-        """Load from a folder holding `tokenizer.model` (and usually `tokenizer_config.json`), or from a model id
-        with `mirror="modelscope"` (only the tokenizer files are fetched, once); keyword overrides win."""
-        from .convert.hub import resolve_tokenizer_folder  # no mindspore: the hub imports it only for .ckpt
-        folder = os.fspath(resolve_tokenizer_folder(folder, mirror=mirror, revision=revision, cache_dir=cache_dir,
-                                                    endpoint=endpoint))
-        vocab_file = os.path.join(folder, VOCAB_FILE)
-        if not os.path.isfile(vocab_file):
-            raise FileNotFoundError(f"tokenizer file not found: {vocab_file}")
-        config_file = os.path.join(folder, CONFIG_FILE)
-        config = {}
-        if os.path.isfile(config_file):
-            with open(config_file, encoding="utf-8") as f:
-                config = json.load(f)
-        params = set(inspect.signature(cls.__init__).parameters) - {"self", "vocab_file"}
-        unknown = set(overrides) - params
-        if unknown:
-            raise TypeError(f"unknown tokenizer option(s): {sorted(unknown)}")
-        kwargs = {k: v for k, v in config.items() if k in params}
-        kwargs.update(overrides)
-        tokenizer = cls(vocab_file, **kwargs)
-        tokenizer.name_or_path = folder
-        tokenizer._extra_config = {k: v for k, v in config.items() if k not in params}
-        return tokenizer
-
-    def save_pretrained(self, folder):
-        """Write `tokenizer.model` and `tokenizer_config.json` into `folder`; returns the written paths."""
-        folder = os.fspath(folder)
-        os.makedirs(folder, exist_ok=True)
-        vocab_out = os.path.join(folder, VOCAB_FILE)
-        if not (os.path.exists(vocab_out) and os.path.samefile(vocab_out, self.vocab_file)):
-            shutil.copyfile(self.vocab_file, vocab_out)
-        config = dict(self._extra_config)
-        config.update(self._init_config())
-        config.setdefault("tokenizer_class", "ChatGLMTokenizer")
-        config_out = os.path.join(folder, CONFIG_FILE)
-        with open(config_out, "w", encoding="utf-8") as f:
-            json.dump(config, f, ensure_ascii=False, indent=2)
-            f.write("\n")
-        return vocab_out, config_out
 
     def _init_config(self):
         return dict(padding_side=self.padding_side, clean_up_tokenization_spaces=self.clean_up_tokenization_spaces,
