@@ -13,6 +13,19 @@ class ConfigError(ValueError):
     """A config.json that is missing a field or contradicts itself."""
 
 
+def read_config_json(path):
+    """(path, dict) of `config.json`, given the file or its folder; missing file or bad JSON is a clear error."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json at {path}")
+    try:
+        return path, json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err})") from None
+
+
 class _ConfigJSON:
     """Reading and writing config.json for the config dataclasses below."""
 
@@ -35,15 +48,7 @@ class _ConfigJSON:
     @classmethod
     def from_file(cls, path):
         """Read `config.json` (or the config.json inside a folder)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no config.json at {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON ({err})") from None
+        path, data = read_config_json(path)
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self):
@@ -253,16 +258,9 @@ def load_config(folder, family=None):
 
     `family` ("chatglm2" | "chatglm3") overrides the detection for ChatGLM2/3-layout folders.
     """
-    path = Path(folder)
-    if path.is_file():
-        path = path.parent
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"no config.json at {config_path}")
-    try:
-        data = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{config_path}: not valid JSON ({err})") from None
+    folder = Path(folder)
+    folder = folder.parent if folder.is_file() else folder
+    config_path, data = read_config_json(folder)
     layout = config_family(data)
     if layout == "chatglm-6b":
         if family not in (None, "chatglm-6b"):
@@ -270,5 +268,5 @@ def load_config(folder, family=None):
         return ChatGLMConfig.from_dict(data, source=str(config_path))
     if family not in (None, "chatglm2", "chatglm3"):
         raise ConfigError(f"{config_path}: a ChatGLM2/3 config, family must be 'chatglm2' or 'chatglm3', got {family!r}")
-    data = dict(data, family=family or detect_family(path, data))
+    data = dict(data, family=family or detect_family(folder, data))
     return ChatGLM2Config.from_dict(data, source=str(config_path))
