@@ -6,6 +6,7 @@ numpy takes, in the same run, to stream the same number of weight bytes through 
 the figures read as ratios rather than machine-dependent absolutes.
 
     python3 scripts/bench.py --layers 2
+    python3 scripts/bench.py --checkpoint DIR --dtype float16 --new-tokens 4   # a real (or synthetic) model
 """
 import argparse
 import json
@@ -51,6 +52,21 @@ def build_model(args):
         param.set_data(data)
         del values, data
     return model, config
+
+
+def current_rss_gb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    return None
+
+
+def load_model(args):
+    """A model loaded from a folder (glm-ms-convert output or upstream shards), and its config."""
+    from glm_ms import ChatGLMForConditionalGeneration
+    model = ChatGLMForConditionalGeneration.from_pretrained(args.checkpoint, dtype=args.dtype)
+    return model, model.config
 
 
 def streamed_matrices(model):
@@ -106,6 +122,8 @@ def main(argv=None):
     parser.add_argument("--warmup-tokens", type=int, default=4,
                         help="the first generate (compiles) is stopped after this many tokens; 0 = full length")
     parser.add_argument("--eager-tokens", type=int, default=6, help="eager decode steps timed for comparison")
+    parser.add_argument("--checkpoint", default=None, help="load this model folder instead of random weights "
+                        "(shape flags are then ignored)")
     args = parser.parse_args(argv)
 
     from glm_ms.device import default_dtype, select_device
@@ -114,13 +132,19 @@ def main(argv=None):
     from glm_ms.compiled import graph_compilations
 
     t0 = time.perf_counter()
-    model, config = build_model(args)
+    model, config = load_model(args) if args.checkpoint else build_model(args)
     build_s = time.perf_counter() - t0
+    loaded = {"rss_gb": round(current_rss_gb(), 2), "peak_rss_gb": round(peak_rss_gb(), 2), "s": round(build_s, 1)}
+    if args.checkpoint:
+        args.layers, args.hidden, args.heads = config.num_layers, config.hidden_size, config.num_attention_heads
+        args.inner, args.vocab = config.inner_hidden_size, config.vocab_size
     mats = streamed_matrices(model)
     bound_ms, streamed_bytes = bandwidth_bound_ms(mats)
 
     rng = np.random.default_rng(args.seed)
-    body = rng.integers(5, min(config.vocab_size, config.mask_token_id), size=max(args.prompt_len - 2, 0))
+    specials = {config.mask_token_id, config.gmask_token_id, config.bos_token_id, config.eos_token_id}
+    high = min(specials) if min(specials) > 100 else config.vocab_size  # plain text ids sit below the specials
+    body = [t for t in rng.integers(20, high, size=4 * args.prompt_len) if t not in specials][:args.prompt_len - 2]
     prompt = np.concatenate([body, [config.gmask_token_id, config.bos_token_id]])[None].astype(np.int64)
     seq = prompt.shape[1]
 
@@ -162,6 +186,8 @@ def main(argv=None):
         "eager_decode_ms_per_token": eager_ms,
         "first_generate_s": round(first_s, 2),
         "build_s": round(build_s, 2),
+        "after_load": loaded,
+        "checkpoint": args.checkpoint,
         "cpu_count": os.cpu_count(),
     }
     print(json.dumps(result))
