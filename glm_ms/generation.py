@@ -10,6 +10,7 @@ import numpy as np
 from mindspore import Tensor
 
 from .compiled import CompiledDecoder, TokenChoice
+from .device import compiled_by_default
 
 # ----------------------------------------------------------------------------- logits processors
 
@@ -147,7 +148,8 @@ class GenerationMixin:
         """Generate continuations; int64 [batch, total_len] (and per-step scores if `output_scores`).
 
         `compiled`: True runs static-shape compiled graphs, False the eager Cells, None the model's
-        `compiled_decode` attribute. Both give the same tokens.
+        `compiled_decode` attribute (except float16 on CPU, see `device.compiled_by_default`). Both give the
+        same tokens.
         """
         run = self._prepare_run(input_ids, attention_mask, position_ids, max_length, max_new_tokens, do_sample,
                                 num_beams, temperature, top_p, top_k, repetition_penalty, eos_token_id,
@@ -212,7 +214,9 @@ class GenerationMixin:
             if top_p < 1.0:
                 warpers.append(lambda s: top_p_warp(s, top_p))
         rng = np.random.default_rng(seed)
-        compiled = self.compiled_decode if compiled is None else bool(compiled)
+        if compiled is None:
+            compiled = self.compiled_decode and compiled_by_default(self.compute_dtype)
+        compiled = bool(compiled)
         # The token is chosen inside the graph unless the host needs the scores: to return them, or for
         # processors the graph does not have (only upstream's NaN/Inf guard is built in).
         host = [p for p in processors if type(p) is not InvalidScoreLogitsProcessor]

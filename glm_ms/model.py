@@ -1,4 +1,5 @@
 """ChatGLM-6B language model Cell: transformer + tied lm_head, static-cache steps, dtypes and weight loading."""
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,7 +159,8 @@ class ChatGLMCausalLM(nn.Cell):
         from .convert.names import UnknownTensorError, map_name as default_map
         map_name = map_name or default_map
         params = self.weight_parameters()
-        filled = {}
+        filled, digests = {}, {}
+        np_dtype = np.float16 if self.compute_dtype == ms.float16 else np.float32
         for name, array in named_tensors:
             try:
                 target = map_name(name)
@@ -174,13 +176,20 @@ class ChatGLMCausalLM(nn.Cell):
             if tuple(array.shape) != tuple(param.shape):
                 raise WeightError(f"{source}: tensor {name!r} has shape {list(array.shape)}, "
                                   f"the model expects {list(param.shape)}")
-            if target in filled:
-                if target not in TIED_WEIGHTS.values():
-                    raise WeightError(f"{source}: tensor {target!r} given twice ({filled[target]!r}, {name!r})")
-                if not np.array_equal(param.asnumpy(), np.asarray(array).astype(param.asnumpy().dtype)):
+            if target in filled and target not in TIED_WEIGHTS.values():
+                raise WeightError(f"{source}: tensor {target!r} given twice ({filled[target]!r}, {name!r})")
+            # numpy casts (if needed) into memory that is freed when replaced; a MindSpore astype would land in
+            # its memory pool, which keeps the peak of a 6B model's load one copy higher.
+            data = np.ascontiguousarray(array, dtype=np_dtype)
+            if target in TIED_WEIGHTS.values():
+                # Tied copies are compared by digest: never two 1 GB matrices (and a bool mask) in memory at once.
+                digest = hashlib.sha256(memoryview(data).cast("B")).digest()
+                if target in digests and digests[target] != digest:
                     logger.warning("%s: %r differs from %r; like upstream, the later one (%r) is used for both "
                                    "the input embeddings and lm_head", source, name, filled[target], name)
-            param.set_data(Tensor(np.ascontiguousarray(array)).astype(self.compute_dtype))
+                digests[target] = digest
+            # from_numpy: the array becomes the weight's storage (Tensor(data) would copy a 1 GB matrix once more).
+            param.set_data(Tensor.from_numpy(data) if data.flags.writeable else Tensor(data))
             filled[target] = name
         missing = sorted(set(params) - set(filled))
         if missing:

@@ -93,7 +93,7 @@ def bandwidth_bound_ms(mats, repeats=5):
     return best * 1e3, sum(r * c * 4 for r, c in shapes)
 
 
-def timed_stream(model, prompt, new_tokens, stop_after=None, compiled=True):
+def timed_stream(model, prompt, new_tokens, stop_after=None, compiled=None):
     """Seconds to the first token, then per decode step (time between consecutive tokens)."""
     start = time.perf_counter()
     marks = []
@@ -130,6 +130,7 @@ def main(argv=None):
     device = select_device(args.device)
     args.dtype = args.dtype or default_dtype()
     from glm_ms.compiled import graph_compilations
+    from glm_ms.device import compiled_by_default
 
     t0 = time.perf_counter()
     model, config = load_model(args) if args.checkpoint else build_model(args)
@@ -170,6 +171,7 @@ def main(argv=None):
         "shape": {"layers": args.layers, "hidden": args.hidden, "heads": args.heads, "inner": args.inner,
                   "vocab": args.vocab},
         "dtype": args.dtype,
+        "decode_path": "compiled" if model.compiled_decode and compiled_by_default(model.compute_dtype) else "eager",
         "device": device,
         "prompt_len": int(seq),
         "new_tokens": args.new_tokens,
