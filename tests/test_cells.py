@@ -1,6 +1,4 @@
 """Each ChatGLM-6B cell against a small numpy statement of the upstream rule."""
-import math
-
 import mindspore as ms
 import numpy as np
 import pytest

@@ -1,5 +1,4 @@
 """Bad checkpoints and inputs fail loudly, naming what is wrong, and never run pickle code."""
-import json
 import shutil
 
 import pytest

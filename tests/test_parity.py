@@ -57,7 +57,6 @@ def test_step_scores_with_cache_equal_golden_and_no_cache(model, golden):
 
 
 def test_left_padded_batch_greedy(model, golden):
-    from glm_ms import ChatGLMTokenizer  # noqa: F401  (tokenizer output is what users pass)
     enc_ids = golden["batch_input_ids"]
     tok_inputs = _batch_inputs(model, enc_ids)
     out = model.generate(enc_ids, max_length=enc_ids.shape[1] + 16, do_sample=False, **tok_inputs)

@@ -1,7 +1,6 @@
 """ChatGLM-6B 2D rotary position embedding: one rotary over each half of a head."""
 import numpy as np
 from mindspore import Tensor, nn, ops
-import mindspore as ms
 
 
 def rotary_tables(rotary_dim, num_positions, base=10000.0):
