@@ -148,8 +148,9 @@ def _clean_up_tokenization(text):
     )
 
 
-class TokenizerFiles:
-    """`from_pretrained` / `save_pretrained` of every tokenizer: a sentencepiece model + tokenizer_config.json."""
+class TokenizerBase:
+    """What every ChatGLM tokenizer shares: its files (sentencepiece model + tokenizer_config.json), `encode` on top
+    of the family's `tokenize` / `build_inputs_with_special_tokens`, and the checks of `__call__`'s arguments."""
 
     vocab_file_name = VOCAB_FILE
     config_required = True  # ChatGLM2/3 folders may lack tokenizer_config.json; ChatGLM-6B needs num_image_tokens
@@ -198,8 +199,28 @@ class TokenizerFiles:
             f.write("\n")
         return vocab_out, config_out
 
+    def encode(self, text, add_special_tokens=True):
+        """Text → ids, with the family's special tokens (`[gMASK] <sop>` after, or `[gMASK] sop` before) unless
+        add_special_tokens=False."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode takes a str, got {type(text).__name__}")
+        ids = self.convert_tokens_to_ids(self.tokenize(text))
+        return self.build_inputs_with_special_tokens(ids) if add_special_tokens else ids
 
-class ChatGLMTokenizer(TokenizerFiles):
+    @staticmethod
+    def _call_texts(text, return_tensors):
+        """(batched, list of str) for `__call__`'s input; other types and return_tensors are clear errors."""
+        batched = isinstance(text, (list, tuple))
+        texts = list(text) if batched else [text]
+        for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"expected str or a list of str, got an element of type {type(t).__name__}")
+        if return_tensors not in (None, "np"):
+            raise ValueError(f"return_tensors must be None or 'np' (numpy only), got {return_tensors!r}")
+        return batched, texts
+
+
+class ChatGLMTokenizer(TokenizerBase):
     """ChatGLM-6B tokenizer with transformers-4.33 semantics (encode, decode, left padding, masks, positions)."""
 
     vocab_files_names = {"vocab_file": VOCAB_FILE}
@@ -361,13 +382,6 @@ class ChatGLMTokenizer(TokenizerFiles):
             ids += list(token_ids_1) + [self.eos_token_id]
         return ids
 
-    def encode(self, text, add_special_tokens=True):
-        """Text -> ids, with `[gMASK] <sop>` appended unless add_special_tokens=False."""
-        if not isinstance(text, str):
-            raise TypeError(f"encode takes a str, got {type(text).__name__}")
-        ids = self.convert_tokens_to_ids(self.tokenize(text))
-        return self.build_inputs_with_special_tokens(ids) if add_special_tokens else ids
-
     def _pad(self, ids, length):
         """One sequence -> (ids, mask [1, L, L], positions [2, L]), left-padded to `length`."""
         mask = prefix_lm_mask(ids, self.bos_token_id)
@@ -385,13 +399,7 @@ class ChatGLMTokenizer(TokenizerFiles):
         Padded/tensor output: input_ids int64 [b, L], attention_mask bool [b, 1, L, L] (True = masked),
         position_ids int64 [b, 2, L]. Otherwise only input_ids, as a list (str) or list of lists (batch).
         """
-        batched = isinstance(text, (list, tuple))
-        texts = list(text) if batched else [text]
-        for t in texts:
-            if not isinstance(t, str):
-                raise TypeError(f"expected str or a list of str, got an element of type {type(t).__name__}")
-        if return_tensors not in (None, "np"):
-            raise ValueError(f"return_tensors must be None or 'np' (numpy only), got {return_tensors!r}")
+        batched, texts = self._call_texts(text, return_tensors)
         if padding in (False, None, "do_not_pad"):
             strategy = "do_not_pad"
         elif padding in (True, "longest"):

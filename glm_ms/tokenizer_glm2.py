@@ -21,12 +21,12 @@ import re
 import numpy as np
 import sentencepiece as spm
 
-from .tokenizer import BatchEncoding, TokenizerFiles
+from .tokenizer import BatchEncoding, TokenizerBase
 
 VOCAB_FILE = "tokenizer.model"
 
 
-class GLM2FamilyTokenizer(TokenizerFiles):
+class GLM2FamilyTokenizer(TokenizerBase):
     """What ChatGLM2 and ChatGLM3 tokenizers share: `[gMASK] sop` prefix, left padding, special ids after the pieces."""
 
     family = None
@@ -145,13 +145,6 @@ class GLM2FamilyTokenizer(TokenizerFiles):
             ids += list(token_ids_1) + [self.eos_id]
         return ids
 
-    def encode(self, text, add_special_tokens=True):
-        """Text → ids, with the `[gMASK] sop` prefix unless add_special_tokens=False."""
-        if not isinstance(text, str):
-            raise TypeError(f"encode takes a str, got {type(text).__name__}")
-        ids = self.convert_tokens_to_ids(self.tokenize(text))
-        return self.build_inputs_with_special_tokens(ids) if add_special_tokens else ids
-
     def pad(self, sequences, padding=True, max_length=None):
         """Left-pad id lists → numpy input_ids, attention_mask (0 on pads) and position_ids (0 on pads), int64 [b, L]."""
         lengths = [len(s) for s in sequences]
@@ -182,13 +175,7 @@ class GLM2FamilyTokenizer(TokenizerFiles):
         padding: False/"do_not_pad", True/"longest", or "max_length" (needs max_length; no truncation). With
         padding or return_tensors="np" the three are int64 numpy arrays [b, L]; otherwise lists (of lists for a batch).
         """
-        batched = isinstance(text, (list, tuple))
-        texts = list(text) if batched else [text]
-        for t in texts:
-            if not isinstance(t, str):
-                raise TypeError(f"expected str or a list of str, got an element of type {type(t).__name__}")
-        if return_tensors not in (None, "np"):
-            raise ValueError(f"return_tensors must be None or 'np' (numpy only), got {return_tensors!r}")
+        batched, texts = self._call_texts(text, return_tensors)
         if padding not in (False, None, "do_not_pad", True, "longest", "max_length"):
             raise ValueError(f"padding must be False, True, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
         ids = [self.encode(t, add_special_tokens=add_special_tokens) for t in texts]
