@@ -52,6 +52,7 @@ import numpy as np
 
 from .checkpoint import CheckpointFolder, find_checkpoint
 from .errors import CheckpointError
+from .locks import file_lock
 from .names import NameTable, UnknownTensorError, table_for_config
 
 __all__ = [
@@ -442,23 +443,6 @@ def _lock_path(out: Path) -> Path:
     return out.parent / f".{out.name}.glm_ms-lock"
 
 
-@contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """One converter per output folder at a time (POSIX advisory lock; no-op elsewhere)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(_lock_path(out), "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def _file_ok(path: Path, size: int, sha256: str) -> bool:
     try:
         return path.stat().st_size == size and _sha256_file(path) == sha256
@@ -619,7 +603,7 @@ def convert_checkpoint(src, out, *, dtype: Optional[str] = "float16", table: Opt
     if done_already():
         return out
     work = out.with_name(out.name + WORK_SUFFIX)
-    with _locked(out):
+    with file_lock(_lock_path(out)):  # one converter per output folder at a time
         if done_already():  # another process finished it while we waited for the lock
             return out
         state = _resume_state(work, request)

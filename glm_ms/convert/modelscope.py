@@ -40,6 +40,8 @@ from urllib.parse import quote, quote_plus
 import requests
 from tqdm.auto import tqdm
 
+from .locks import file_lock
+
 __all__ = [
     "DEFAULT_ENDPOINT",
     "SNAPSHOT_MANIFEST",
@@ -610,23 +612,6 @@ def _complete_offline(folder: Path, model_id: str, revision: str,
     return True
 
 
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """Serialise concurrent downloads of one snapshot (POSIX advisory lock; no-op elsewhere)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 # ----------------------------------------------------------------------------------------------
 # Snapshot
 
@@ -656,7 +641,7 @@ def snapshot_download(model_id: str, revision: str = "master",
         return folder
     policy = _policy(timeout, max_retries, backoff, max_backoff)
     base = resolve_endpoint(endpoint)
-    with _locked(folder):
+    with file_lock(folder.parent / f".{folder.name}.lock"):  # one download of a snapshot at a time
         if not force and _complete_offline(folder, model_id, revision, allow, ignore):
             return folder  # another process finished it while we waited for the lock
         with _session(session) as sess:
