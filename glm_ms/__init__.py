@@ -11,9 +11,9 @@ _PUBLIC = {
     "AutoModelForSeq2SeqLM": "api",
     "AutoModel": "api",
     "AutoTokenizer": "api",
-    "ChatGLMTokenizer": "tokenizer",
-    "ChatGLM2Tokenizer": "tokenizer_glm2",
-    "ChatGLM3Tokenizer": "tokenizer_glm2",
+    "ChatGLMTokenizer": "tokenizers.chatglm",
+    "ChatGLM2Tokenizer": "tokenizers.chatglm2",
+    "ChatGLM3Tokenizer": "tokenizers.chatglm2",
     "ChatGLMConfig": "config",
     "ChatGLM2Config": "config",
 }

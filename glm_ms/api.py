@@ -8,8 +8,6 @@ from .chat_glm2 import ChatGLM2ChatMixin, ChatGLM3ChatMixin
 from .generation import GenerationMixin
 from .model import ChatGLMCausalLM
 from .model_glm2 import ChatGLM2CausalLM
-from .tokenizer import ChatGLMTokenizer
-from .tokenizer_glm2 import ChatGLM2Tokenizer, ChatGLM3Tokenizer
 
 
 class ChatGLMForConditionalGeneration(ChatMixin, GenerationMixin, ChatGLMCausalLM):
@@ -29,10 +27,9 @@ class ChatGLMForConditionalGeneration(ChatMixin, GenerationMixin, ChatGLMCausalL
         folder = resolve_model_folder(path_or_id, mirror=mirror, revision=revision, cache_dir=cache_dir,
                                       endpoint=endpoint)
         if cls is ChatGLMForConditionalGeneration:  # the entry point (and Auto alias) of every family
-            from .config import load_config
-            config = load_config(folder, family=family)
-            target = MODEL_CLASSES[getattr(config, "family", "chatglm-6b")]
-            return target.from_folder(folder, dtype=dtype, config=config)
+            from .families import detect
+            found = detect(folder, family=family)
+            return found.family.load("model").from_folder(folder, dtype=dtype, config=found.config)
         return cls.from_folder(folder, dtype=dtype, **({"family": family} if family else {}))
 
 
@@ -62,10 +59,6 @@ class ChatGLM3ForConditionalGeneration(_FamilyLoader, ChatGLM3ChatMixin, Generat
     family = "chatglm3"
 
 
-MODEL_CLASSES = {"chatglm-6b": ChatGLMForConditionalGeneration, "chatglm2": ChatGLM2ForConditionalGeneration,
-                 "chatglm3": ChatGLM3ForConditionalGeneration}
-TOKENIZER_CLASSES = {"chatglm-6b": ChatGLMTokenizer, "chatglm2": ChatGLM2Tokenizer, "chatglm3": ChatGLM3Tokenizer}
-
 
 class AutoTokenizer:
     """`from_pretrained` returns the tokenizer of the folder's family (ChatGLM-6B, ChatGLM2-6B or ChatGLM3-6B)."""
@@ -74,19 +67,11 @@ class AutoTokenizer:
     def from_pretrained(path_or_id, mirror=None, revision="master", cache_dir=None, endpoint=None, family=None,
                         **options):
         """A local folder, or a model id with `mirror="modelscope"`; other keywords go to the tokenizer."""
-        from .config import detect_family
         from .convert.hub import resolve_tokenizer_folder
+        from .families import tokenizer_family
         folder = resolve_tokenizer_folder(path_or_id, mirror=mirror, revision=revision, cache_dir=cache_dir,
                                           endpoint=endpoint)
-        if family is None:
-            # A tokenizer folder without config.json is ChatGLM-6B's (ice_text.model) or ChatGLM2's (tokenizer.model).
-            if (folder / "config.json").is_file():
-                family = detect_family(folder)
-            else:
-                family = "chatglm-6b" if (folder / "ice_text.model").is_file() else "chatglm2"
-        if family not in TOKENIZER_CLASSES:
-            raise ValueError(f"family must be one of {', '.join(TOKENIZER_CLASSES)}, got {family!r}")
-        return TOKENIZER_CLASSES[family].from_pretrained(folder, **options)
+        return tokenizer_family(folder, family).load("tokenizer").from_pretrained(folder, **options)
 
 
 AutoModelForSeq2SeqLM = ChatGLMForConditionalGeneration

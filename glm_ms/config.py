@@ -1,36 +1,59 @@
 """Model configurations read from `config.json` (same field names; unknown keys ignored).
 
-`ChatGLMConfig` is ChatGLM-6B's, `ChatGLM2Config` the one ChatGLM2-6B and ChatGLM3-6B share; `load_config`
-picks the right one for a folder.
+`ChatGLMConfig` is ChatGLM-6B's, `ChatGLM2Config` the one ChatGLM2-6B and ChatGLM3-6B share; which one a folder
+holds is decided by `glm_ms.families.detect`, the only place that knows the families.
 """
+from __future__ import annotations
+
 import json
+import os
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
+
+from .errors import ConfigError, NotFoundError
+
+# Sizes far above any released ChatGLM, so a crafted config.json (num_layers: 1e8) is refused before anything is
+# built from it, instead of exhausting memory.
+LIMITS = {"num_layers": 1024, "hidden_size": 1 << 16, "num_attention_heads": 1 << 10, "vocab_size": 1 << 21,
+          "padded_vocab_size": 1 << 21, "inner_hidden_size": 1 << 18, "ffn_hidden_size": 1 << 18,
+          "kv_channels": 1 << 12, "multi_query_group_num": 1 << 10, "max_sequence_length": 1 << 21,
+          "seq_length": 1 << 21}
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few KB; a bigger file is not one
 
 
-class ConfigError(ValueError):
-    """A config.json that is missing a field or contradicts itself."""
-
-
-def read_config_json(path):
+def read_config_json(path: os.PathLike | str) -> Tuple[Path, Dict[str, Any]]:
     """(path, dict) of `config.json`, given the file or its folder; missing file or bad JSON is a clear error."""
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no config.json at {path}")
+        raise NotFoundError(f"no config.json at {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size} bytes is too large for a config.json")
     try:
-        return path, json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a JSON object")
+    return path, data
+
+
+def _check_sizes(config: Any, names: Tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"config field {name!r} must be a positive integer, got {value!r}")
+        if value > LIMITS.get(name, value):
+            raise ConfigError(f"config field {name!r} = {value} is beyond any ChatGLM model (limit {LIMITS[name]})")
 
 
 class _ConfigJSON:
     """Reading and writing config.json for the config dataclasses below."""
 
     @classmethod
-    def from_dict(cls, data, source="config"):
+    def from_dict(cls, data: Dict[str, Any], source: str = "config"):
         """Build from a config.json dict; unknown keys are ignored, missing required ones named."""
         known = {f.name for f in fields(cls)}
         required = [f.name for f in fields(cls) if f.default is MISSING]
@@ -46,12 +69,12 @@ class _ConfigJSON:
             raise ConfigError(f"{source}: {err}") from None
 
     @classmethod
-    def from_file(cls, path):
+    def from_file(cls, path: os.PathLike | str):
         """Read `config.json` (or the config.json inside a folder)."""
         path, data = read_config_json(path)
         return cls.from_dict(data, source=str(path))
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
         """Plain dict with config.json's field names."""
         return asdict(self)
 
@@ -73,13 +96,15 @@ class ChatGLMConfig(_ConfigJSON):
     position_encoding_2d: bool = True  # ChatGLM-6B always uses the 2D (position, block position) rotary
     model_type: str = "chatglm"
     torch_dtype: str = "float16"       # dtype of the published weights
+    family: str = "chatglm-6b"         # not in upstream's config.json: the row of glm_ms.families
 
     def __post_init__(self):
-        if self.inner_hidden_size == 0:
+        if self.inner_hidden_size == 0 and isinstance(self.hidden_size, int):
             object.__setattr__(self, "inner_hidden_size", 4 * self.hidden_size)
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_attention_heads", "inner_hidden_size"):
-            if int(getattr(self, name)) <= 0:
-                raise ConfigError(f"config field {name!r} must be positive, got {getattr(self, name)!r}")
+        _check_sizes(self, ("vocab_size", "hidden_size", "num_layers", "num_attention_heads", "inner_hidden_size",
+                            "max_sequence_length"))
+        if self.family != "chatglm-6b":
+            raise ConfigError(f"a ChatGLM-6B config, not {self.family}")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"config field 'hidden_size' ({self.hidden_size}) is not divisible by "
                               f"'num_attention_heads' ({self.num_attention_heads})")
@@ -94,26 +119,24 @@ class ChatGLMConfig(_ConfigJSON):
                                   f"(vocab_size {self.vocab_size})")
 
     @property
-    def head_dim(self):
+    def head_dim(self) -> int:
         """Size of one attention head."""
         return self.hidden_size // self.num_attention_heads
 
     @property
-    def rotary_dim(self):
+    def rotary_dim(self) -> int:
         """Dims rotated by each of the two rotary embeddings (half a head)."""
         return self.head_dim // 2
 
 
 # ----------------------------------------------------------------------------- ChatGLM2-6B / ChatGLM3-6B
 
-FAMILIES = ("chatglm-6b", "chatglm2", "chatglm3")
-
 
 @dataclass(frozen=True)
 class ChatGLM2Config(_ConfigJSON):
     """ChatGLM2-6B / ChatGLM3-6B `config.json` (the two share one architecture and one config layout).
 
-    `family` is not in config.json: `load_config` decides it ("chatglm2" or "chatglm3"); only the tokenizer's
+    `family` is not in config.json: `glm_ms.families.detect` decides it ("chatglm2" or "chatglm3"); only the tokenizer's
     role tokens and the chat format depend on it.
     """
     padded_vocab_size: int          # embedding / output rows (65024); the tokenizer uses fewer ids (64798)
@@ -141,16 +164,14 @@ class ChatGLM2Config(_ConfigJSON):
     pre_seq_len: Optional[int] = None  # P-tuning v2 prefix length (not supported)
     model_type: str = "chatglm"
     torch_dtype: str = "float16"
-    family: str = "chatglm2"        # not in config.json: "chatglm2" or "chatglm3", see load_config
+    family: str = "chatglm2"        # not in config.json: "chatglm2" or "chatglm3", see families.detect
 
     def __post_init__(self):
         if not self.kv_channels:
             if self.num_attention_heads and self.hidden_size % self.num_attention_heads == 0:
                 object.__setattr__(self, "kv_channels", self.hidden_size // self.num_attention_heads)
-        for name in ("padded_vocab_size", "hidden_size", "num_layers", "num_attention_heads", "ffn_hidden_size",
-                     "kv_channels", "multi_query_group_num", "seq_length"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ConfigError(f"config field {name!r} must be a positive integer, got {getattr(self, name)!r}")
+        _check_sizes(self, ("padded_vocab_size", "hidden_size", "num_layers", "num_attention_heads",
+                            "ffn_hidden_size", "kv_channels", "multi_query_group_num", "seq_length"))
         if self.kv_channels % 4:
             raise ConfigError(f"config field 'kv_channels' ({self.kv_channels}) must be a multiple of 4 "
                               "(rotary turns pairs in the first half of each head)")
@@ -171,102 +192,26 @@ class ChatGLM2Config(_ConfigJSON):
                                   f"(padded_vocab_size {self.padded_vocab_size})")
 
     @property
-    def vocab_size(self):
+    def vocab_size(self) -> int:
         """Rows of the embedding and output matrices (what logits span)."""
         return self.padded_vocab_size
 
     @property
-    def head_dim(self):
+    def head_dim(self) -> int:
         """Size of one query/key/value head (`kv_channels`, not always hidden_size / heads)."""
         return self.kv_channels
 
     @property
-    def num_kv_heads(self):
+    def num_kv_heads(self) -> int:
         """Key/value heads: the query groups with multi-query attention, else one per query head."""
         return self.multi_query_group_num if self.multi_query_attention else self.num_attention_heads
 
     @property
-    def rotary_dim(self):
+    def rotary_dim(self) -> int:
         """Dims of each head that rotary turns (the first half, as adjacent pairs)."""
         return self.kv_channels // 2
 
     @property
-    def rotary_base(self):
+    def rotary_base(self) -> float:
+        """Base of the rotary frequencies."""
         return 10000.0 * self.rope_ratio
-
-
-def config_family(data):
-    """'chatglm-6b' or 'chatglm2' (ChatGLM2/3 layout) for a config.json dict, from the fields it has."""
-    if "padded_vocab_size" in data or "ffn_hidden_size" in data or "multi_query_group_num" in data:
-        return "chatglm2"
-    if "position_encoding_2d" in data or "inner_hidden_size" in data or "gmask_token_id" in data:
-        return "chatglm-6b"
-    raise ConfigError("config.json describes no known ChatGLM generation (no 'padded_vocab_size' as in "
-                      "ChatGLM2/3, no 'position_encoding_2d' as in ChatGLM-6B)")
-
-
-def _mentions(text, *needles):
-    text = str(text or "").lower().replace("_", "").replace("-", "")
-    return any(n in text for n in needles)
-
-
-def family_from_names(*names):
-    """'chatglm3' / 'chatglm2' when a repository name (config `_name_or_path`, tokenizer `name_or_path`) says so."""
-    for name in names:
-        if _mentions(name, "chatglm3"):
-            return "chatglm3"
-        if _mentions(name, "chatglm2", "codegeex2"):
-            return "chatglm2"
-    return None
-
-
-def detect_family(folder, data=None):
-    """'chatglm-6b', 'chatglm2' or 'chatglm3' for a model folder.
-
-    ChatGLM2 and ChatGLM3 share config.json's fields and the sentencepiece model (the role tokens live in the
-    tokenizer code), so the third generation is recognised, in order, by: a `family` key in config.json, the
-    repository name recorded in config.json / tokenizer_config.json (kept by glm-ms-convert), and a shipped
-    `tokenization_chatglm.py` knowing `<|observation|>`. Without any of these the folder is taken as ChatGLM2;
-    `load_config(folder, family=...)` and `from_pretrained(..., family=...)` override the detection.
-    """
-    folder = Path(folder)
-    if data is None:
-        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    family = config_family(data)
-    if family == "chatglm-6b":
-        return family
-    if data.get("family") in ("chatglm2", "chatglm3"):
-        return data["family"]
-    names = [data.get("_name_or_path")]
-    tok_config = folder / "tokenizer_config.json"
-    if tok_config.is_file():
-        try:
-            names.append(json.loads(tok_config.read_text(encoding="utf-8")).get("name_or_path"))
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            pass
-    named = family_from_names(*names)
-    if named:
-        return named
-    code = folder / "tokenization_chatglm.py"
-    if code.is_file() and "<|observation|>" in code.read_text(encoding="utf-8", errors="replace"):
-        return "chatglm3"
-    return "chatglm2"
-
-
-def load_config(folder, family=None):
-    """The config of a model folder: `ChatGLMConfig` (ChatGLM-6B) or `ChatGLM2Config` with its family set.
-
-    `family` ("chatglm2" | "chatglm3") overrides the detection for ChatGLM2/3-layout folders.
-    """
-    folder = Path(folder)
-    folder = folder.parent if folder.is_file() else folder
-    config_path, data = read_config_json(folder)
-    layout = config_family(data)
-    if layout == "chatglm-6b":
-        if family not in (None, "chatglm-6b"):
-            raise ConfigError(f"{config_path}: a ChatGLM-6B config, not {family}")
-        return ChatGLMConfig.from_dict(data, source=str(config_path))
-    if family not in (None, "chatglm2", "chatglm3"):
-        raise ConfigError(f"{config_path}: a ChatGLM2/3 config, family must be 'chatglm2' or 'chatglm3', got {family!r}")
-    data = dict(data, family=family or detect_family(folder, data))
-    return ChatGLM2Config.from_dict(data, source=str(config_path))

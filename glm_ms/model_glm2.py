@@ -10,7 +10,7 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from .cells.glm2_transformer import ChatGLM2Model
-from .config import ChatGLM2Config, ConfigError, load_config
+from .config import ChatGLM2Config, ConfigError
 from .device import default_dtype, select_device
 from .model import CausalLMOutput, ChatGLMCausalLM, resolve_dtype
 
@@ -139,7 +139,8 @@ class ChatGLM2CausalLM(ChatGLMCausalLM):
     @classmethod
     def from_folder(cls, folder, dtype=None, config=None, family=None):
         """Build the model from a local folder (config.json plus shards); `family` overrides the detection."""
-        config = config or load_config(folder, family=family)
+        from .families import detect
+        config = config or detect(folder, family=family).config
         if not isinstance(config, ChatGLM2Config):
             raise ConfigError(f"{folder}: not a ChatGLM2/ChatGLM3 model (its config.json is ChatGLM-6B's)")
         # The shared loader reads the shards; our load_named_tensors brings the ChatGLM2/3 name table.

@@ -1,36 +1,42 @@
-"""Shared fixtures: the tiny ChatGLM-6B folder, its golden outputs, and one loaded model per session."""
-import json
-from pathlib import Path
-
-import numpy as np
+"""The one fixture system of the suite (see tests/support.py): `family` parametrizes over every family,
+`tiny_family` gives that family's fixture; the ChatGLM-6B shorthands below are the same objects."""
 import pytest
 
-FIXTURES = Path(__file__).parent / "fixtures"
-TINY = FIXTURES / "tiny-chatglm-6b"
+from tests.support import FAMILIES, FAMILY_FOLDERS, tiny
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def family(request):
+    """Each model family in turn."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_family(family):
+    """The tiny fixture of the current `family`."""
+    return tiny(family)
 
 
 @pytest.fixture(scope="session")
 def tiny_dir():
-    return TINY
+    return FAMILY_FOLDERS["chatglm-6b"]
 
 
 @pytest.fixture(scope="session")
 def golden():
-    return np.load(TINY / "golden.npz")
+    return tiny("chatglm-6b").golden
 
 
 @pytest.fixture(scope="session")
 def golden_json():
-    return json.loads((TINY / "golden.json").read_text(encoding="utf-8"))
+    return tiny("chatglm-6b").golden_json
 
 
 @pytest.fixture(scope="session")
 def model():
-    from glm_ms import ChatGLMForConditionalGeneration
-    return ChatGLMForConditionalGeneration.from_pretrained(TINY, dtype="float32")
+    return tiny("chatglm-6b").model
 
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from glm_ms import ChatGLMTokenizer
-    return ChatGLMTokenizer.from_pretrained(TINY)
+    return tiny("chatglm-6b").tokenizer

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from glm_ms.config import ChatGLM2Config, detect_family, load_config
+from glm_ms.config import ChatGLM2Config
 from glm_ms.convert import modelscope as msc
 from glm_ms.convert.convert import convert_checkpoint, read_manifest
 from glm_ms.convert.hub import converted_cache_path
@@ -74,21 +74,6 @@ def test_unknown_tensor_names_are_errors():
         map_glm2_name("transformer.prefix_encoder.embedding.weight")
     with pytest.raises(UnknownTensorError):
         CHATGLM3.map_name("lm_head.weight")
-
-
-def test_family_detection_and_override(tmp_path):
-    assert detect_family(REAL["chatglm2"]) == "chatglm2" and detect_family(REAL["chatglm3"]) == "chatglm3"
-    assert detect_family(FIXTURES / "tiny-chatglm-6b") == "chatglm-6b"
-    folder = tmp_path / "anon"
-    folder.mkdir()
-    data = dict(_json(REAL["chatglm3"] / "config.json"), _name_or_path="my-finetune")
-    (folder / "config.json").write_text(json.dumps(data))
-    assert detect_family(folder) == "chatglm2"  # nothing says third generation
-    (folder / "tokenization_chatglm.py").write_text('role_special_tokens = ["<|system|>", "<|observation|>"]\n')
-    assert detect_family(folder) == "chatglm3"  # the shipped tokenizer code knows the observation role
-    assert load_config(folder, family="chatglm2").family == "chatglm2"
-    with pytest.raises(ValueError, match="family"):
-        load_config(folder, family="chatglm4")
 
 
 @pytest.mark.parametrize("family", ["chatglm2", "chatglm3"])

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from glm_ms.tokenizer_glm2 import ChatGLM2Tokenizer, ChatGLM3Tokenizer
+from glm_ms.tokenizers.chatglm2 import ChatGLM2Tokenizer, ChatGLM3Tokenizer
 from tests.glm2_support import FAMILIES, FOLDERS, golden, golden_json, tokenizer
 
 

@@ -1,7 +1,7 @@
 """ChatGLM3's own tokenizer rules: role tokens, `encode_special_tokens`, `build_chat_input`."""
 import pytest
 
-from glm_ms.tokenizer_glm2 import ChatGLM3Tokenizer
+from glm_ms.tokenizers.chatglm2 import ChatGLM3Tokenizer
 from tests.glm2_support import golden_json, tokenizer
 
 CASES = golden_json("chatglm3")["tokenizer_cases"]

@@ -39,7 +39,7 @@ def hub():
 @pytest.fixture(scope="module")
 def api():
     from glm_ms.api import ChatGLMForConditionalGeneration
-    from glm_ms.tokenizer import ChatGLMTokenizer
+    from glm_ms.tokenizers.chatglm import ChatGLMTokenizer
     return ChatGLMForConditionalGeneration, ChatGLMTokenizer
 
 

@@ -10,7 +10,7 @@ import pytest
 import sentencepiece as spm
 
 from glm_ms.positions import position_ids_2d, prefix_lm_mask
-from glm_ms.tokenizer import BatchEncoding, ChatGLMTokenizer, SPTokenizer
+from glm_ms.tokenizers.chatglm import BatchEncoding, ChatGLMTokenizer, SPTokenizer
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "tiny-chatglm-6b")
 VOCAB = os.path.join(FIXTURE, "ice_text.model")
@@ -375,7 +375,7 @@ def test_save_pretrained_keeps_unknown_config_keys(tok, tmp_path):
 
 def test_no_framework_imports():
     code = (
-        "import sys, glm_ms.tokenizer; "
+        "import sys, glm_ms.tokenizers.chatglm; "
         "bad = [m for m in ('mindspore', 'torch', 'transformers') if m in sys.modules]; "
         "assert not bad, bad"
     )

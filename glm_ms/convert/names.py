@@ -228,14 +228,11 @@ def _chatglm2_shapes(config):
 
 
 def _second_generation(config, family):
-    from ..config import config_family, family_from_names
+    from ..families import family_of
     try:
-        if config_family(config) != "chatglm2":
-            return False
+        return family_of(config).name == family
     except ValueError:
         return False
-    named = family_from_names(config.get("_name_or_path")) or "chatglm2"
-    return named == family
 
 
 # ChatGLM2 and ChatGLM3 checkpoints share names and shapes; two entries only so that a converted folder records

@@ -21,7 +21,7 @@ import re
 import numpy as np
 import sentencepiece as spm
 
-from .tokenizer import BatchEncoding, TokenizerBase
+from .base import BatchEncoding, TokenizerBase, clean_up_tokenization
 
 VOCAB_FILE = "tokenizer.model"
 
@@ -221,8 +221,7 @@ class GLM2FamilyTokenizer(TokenizerBase):
         if clean_up_tokenization_spaces is None:
             clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
         if clean_up_tokenization_spaces:
-            from .tokenizer import _clean_up_tokenization
-            text = _clean_up_tokenization(text)
+            text = clean_up_tokenization(text)
         return text
 
     def batch_decode(self, sequences, skip_special_tokens=False, clean_up_tokenization_spaces=None):
@@ -308,11 +307,3 @@ class ChatGLM3Tokenizer(GLM2FamilyTokenizer):
         ids.extend(self.build_single_message(role, "", query))
         ids.append(self.get_command("<|assistant|>"))
         return self.pad([self.build_inputs_with_special_tokens(ids)])
-
-
-def tokenizer_class(family):
-    """The tokenizer class of a ChatGLM2/3 family name."""
-    classes = {"chatglm2": ChatGLM2Tokenizer, "chatglm3": ChatGLM3Tokenizer}
-    if family not in classes:
-        raise ValueError(f"no ChatGLM2/3 tokenizer for family {family!r}")
-    return classes[family]

@@ -1,0 +1,1 @@
+"""The ChatGLM tokenizers on sentencepiece alone (no mindspore, torch or transformers)."""
