@@ -23,14 +23,12 @@ class ChatGLMForConditionalGeneration(ChatMixin, GenerationMixin, ChatGLMCausalL
         family = kwargs.pop("family", None)
         if kwargs:
             raise TypeError(f"unexpected arguments: {', '.join(sorted(kwargs))}")
-        from .convert.hub import resolve_model_folder
-        folder = resolve_model_folder(path_or_id, mirror=mirror, revision=revision, cache_dir=cache_dir,
-                                      endpoint=endpoint)
-        if cls is ChatGLMForConditionalGeneration:  # the entry point (and Auto alias) of every family
-            from .families import detect
-            found = detect(folder, family=family)
-            return found.family.load("model").from_folder(folder, dtype=dtype, config=found.config)
-        return cls.from_folder(folder, dtype=dtype, **({"family": family} if family else {}))
+        from .families import detect
+        from .hub.resolve import resolve_model
+        weights = resolve_model(path_or_id, mirror=mirror, revision=revision, cache_dir=cache_dir,
+                                endpoint=endpoint)
+        found = detect(weights.path, family=family)
+        return found.family.load("model").from_folder(weights, dtype=dtype, config=found.config)
 
 
 class _FamilyLoader:
@@ -41,10 +39,11 @@ class _FamilyLoader:
     @classmethod
     def from_pretrained(cls, path_or_id, dtype=None, mirror=None, revision="master", cache_dir=None, endpoint=None):
         """As `ChatGLMForConditionalGeneration.from_pretrained`, loaded as this class's generation."""
-        from .convert.hub import resolve_model_folder
-        folder = resolve_model_folder(path_or_id, mirror=mirror, revision=revision, cache_dir=cache_dir,
-                                      endpoint=endpoint)
-        return cls.from_folder(folder, dtype=dtype, family=cls.family)
+        from .families import detect
+        from .hub.resolve import resolve_model
+        weights = resolve_model(path_or_id, mirror=mirror, revision=revision, cache_dir=cache_dir,
+                                endpoint=endpoint)
+        return cls.from_folder(weights, dtype=dtype, config=detect(weights.path, family=cls.family).config)
 
 
 class ChatGLM2ForConditionalGeneration(_FamilyLoader, ChatGLM2ChatMixin, GenerationMixin, ChatGLM2CausalLM):
@@ -67,8 +66,8 @@ class AutoTokenizer:
     def from_pretrained(path_or_id, mirror=None, revision="master", cache_dir=None, endpoint=None, family=None,
                         **options):
         """A local folder, or a model id with `mirror="modelscope"`; other keywords go to the tokenizer."""
-        from .convert.hub import resolve_tokenizer_folder
         from .families import tokenizer_family
+        from .hub.resolve import resolve_tokenizer_folder
         folder = resolve_tokenizer_folder(path_or_id, mirror=mirror, revision=revision, cache_dir=cache_dir,
                                           endpoint=endpoint)
         return tokenizer_family(folder, family).load("tokenizer").from_pretrained(folder, **options)

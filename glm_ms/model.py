@@ -200,9 +200,9 @@ class ChatGLMCausalLM(nn.Cell):
     def from_folder(cls, folder, dtype=None, config=None):
         """Build the model from a local folder: config.json plus weights, glm_ms-converted (MindSpore
         safetensors), MindNLP's MindSpore checkpoints or upstream torch/safetensors shards."""
-        from .convert.hub import folder_tensors
-        folder = Path(folder)
-        config = config or ChatGLMConfig.from_file(folder)
-        tensors, map_name = folder_tensors(folder)  # map_name None: this model's own name table
+        from .convert.readers import WeightSource, open_weights
+        weights = folder if isinstance(folder, WeightSource) else open_weights(folder)
+        config = config or ChatGLMConfig.from_file(weights.path)
         model = cls(config, dtype=dtype)
-        return model.load_named_tensors(tensors, map_name=map_name, source=str(folder))
+        map_name = (lambda name: name) if weights.names_are_parameters else None  # None: this model's own table
+        return model.load_named_tensors(weights.tensors(), map_name=map_name, source=str(weights.path))

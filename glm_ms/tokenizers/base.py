@@ -44,7 +44,7 @@ class TokenizerBase:
     def from_pretrained(cls, folder, mirror=None, revision="master", cache_dir=None, endpoint=None, **overrides):
         """Load from a folder holding the sentencepiece model and `tokenizer_config.json`, or from a model id with
         `mirror="modelscope"` (only the tokenizer files are fetched, once); keyword overrides win."""
-        from ..convert.hub import resolve_tokenizer_folder  # no mindspore: the hub imports it only for .ckpt
+        from ..hub.resolve import resolve_tokenizer_folder
         folder = os.fspath(resolve_tokenizer_folder(folder, mirror=mirror, revision=revision, cache_dir=cache_dir,
                                                     endpoint=endpoint))
         vocab_file = os.path.join(folder, cls.vocab_file_name)
