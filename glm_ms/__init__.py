@@ -16,12 +16,13 @@ _PUBLIC = {
     "ChatGLM3Tokenizer": "tokenizers.chatglm2",
     "ChatGLMConfig": "config",
     "ChatGLM2Config": "config",
+    "GlmMsError": "errors",
 }
 
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name):
+def __getattr__(name: str):
     if name in _PUBLIC:
         import importlib
         return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)

@@ -1,77 +1,75 @@
-"""The public classes: the model with generation and chat, the tokenizer, and MindNLP-style Auto aliases.
+"""The public classes: each family's model (network + generation + chat), and MindNLP-style Auto entry points.
 
-`ChatGLMForConditionalGeneration.from_pretrained` and `AutoTokenizer.from_pretrained` look at the folder's
-config.json and return ChatGLM-6B, ChatGLM2-6B or ChatGLM3-6B classes accordingly (`family=` overrides).
+`from_pretrained` reads the folder's config.json once (glm_ms.families) and builds the model class of the family
+found there; the ChatGLM2/3 classes load their own generation (`family=` overrides the detection).
 """
-from .chat import ChatMixin
-from .chat_glm2 import ChatGLM2ChatMixin, ChatGLM3ChatMixin
+from __future__ import annotations
+
+import os
+
+from .chat import ChatGLM2Chat, ChatGLM3Chat, ChatGLMChat
+from .families import detect, tokenizer_family
 from .generation import GenerationMixin
+from .hub.resolve import resolve_model, resolve_tokenizer_folder
 from .model import ChatGLMCausalLM
 from .model_glm2 import ChatGLM2CausalLM
 
 
-class ChatGLMForConditionalGeneration(ChatMixin, GenerationMixin, ChatGLMCausalLM):
-    """ChatGLM-6B with `generate`, `stream_generate`, `chat`, `stream_chat` and `from_pretrained`."""
+class _FromPretrained:
+    """`from_pretrained` shared by every public model class."""
+
+    family: str | None = None  # None: the folder's config.json decides
 
     @classmethod
-    def from_pretrained(cls, path_or_id, dtype=None, mirror=None, revision="master", cache_dir=None, endpoint=None,
-                        **kwargs):
+    def from_pretrained(cls, path_or_id: str | os.PathLike, dtype: str | None = None, mirror: str | None = None,
+                        revision: str = "master", cache_dir: str | os.PathLike | None = None,
+                        endpoint: str | None = None, family: str | None = None, **unexpected):
         """Load a glm-ms-convert folder, a MindNLP MindSpore-checkpoint folder, an upstream folder (torch or
         safetensors shards, read in place) or a model id with `mirror="modelscope"` (downloaded and converted
         once into the cache; later calls make no request). `cache_dir` defaults to $GLM_MS_CACHE, else
         ~/.cache/glm_ms; `endpoint` to $MODELSCOPE_ENDPOINT, else https://modelscope.cn."""
-        family = kwargs.pop("family", None)
-        if kwargs:
-            raise TypeError(f"unexpected arguments: {', '.join(sorted(kwargs))}")
-        from .families import detect
-        from .hub.resolve import resolve_model
-        weights = resolve_model(path_or_id, mirror=mirror, revision=revision, cache_dir=cache_dir,
-                                endpoint=endpoint)
-        found = detect(weights.path, family=family)
+        if unexpected:  # upstream habits such as trust_remote_code=True: there is no remote code to trust
+            raise TypeError(f"unexpected arguments: {', '.join(sorted(unexpected))}")
+        weights = resolve_model(path_or_id, mirror=mirror, revision=revision, cache_dir=cache_dir, endpoint=endpoint)
+        found = detect(weights.path, family=family or cls.family)
         return found.family.load("model").from_folder(weights, dtype=dtype, config=found.config)
 
 
-class _FamilyLoader:
-    """`from_pretrained` of the ChatGLM2/3 classes: the class, not the folder, decides the generation."""
+class ChatGLMForConditionalGeneration(_FromPretrained, ChatGLMChat, GenerationMixin, ChatGLMCausalLM):
+    """ChatGLM-6B with `generate`, `stream_generate`, `chat`, `stream_chat` and `from_pretrained`.
 
-    family = None
-
-    @classmethod
-    def from_pretrained(cls, path_or_id, dtype=None, mirror=None, revision="master", cache_dir=None, endpoint=None):
-        """As `ChatGLMForConditionalGeneration.from_pretrained`, loaded as this class's generation."""
-        from .families import detect
-        from .hub.resolve import resolve_model
-        weights = resolve_model(path_or_id, mirror=mirror, revision=revision, cache_dir=cache_dir,
-                                endpoint=endpoint)
-        return cls.from_folder(weights, dtype=dtype, config=detect(weights.path, family=cls.family).config)
+    Upstream names the model class of every generation so: its `from_pretrained` loads whichever family the
+    folder holds, as `AutoModel` does.
+    """
 
 
-class ChatGLM2ForConditionalGeneration(_FamilyLoader, ChatGLM2ChatMixin, GenerationMixin, ChatGLM2CausalLM):
+class ChatGLM2ForConditionalGeneration(_FromPretrained, ChatGLM2Chat, GenerationMixin, ChatGLM2CausalLM):
     """ChatGLM2-6B with `generate`, `stream_generate`, `chat`, `stream_chat` (history: (query, response) pairs)."""
 
     family = "chatglm2"
 
 
-class ChatGLM3ForConditionalGeneration(_FamilyLoader, ChatGLM3ChatMixin, GenerationMixin, ChatGLM2CausalLM):
+class ChatGLM3ForConditionalGeneration(_FromPretrained, ChatGLM3Chat, GenerationMixin, ChatGLM2CausalLM):
     """ChatGLM3-6B with `generate`, `stream_generate`, `chat`, `stream_chat` (history: role messages, tools)."""
 
     family = "chatglm3"
 
+
+class AutoModel(_FromPretrained):
+    """`from_pretrained` returns the model class of the folder's family (ChatGLM-6B, ChatGLM2-6B or ChatGLM3-6B)."""
+
+
+AutoModelForSeq2SeqLM = AutoModel
 
 
 class AutoTokenizer:
     """`from_pretrained` returns the tokenizer of the folder's family (ChatGLM-6B, ChatGLM2-6B or ChatGLM3-6B)."""
 
     @staticmethod
-    def from_pretrained(path_or_id, mirror=None, revision="master", cache_dir=None, endpoint=None, family=None,
-                        **options):
+    def from_pretrained(path_or_id: str | os.PathLike, mirror: str | None = None, revision: str = "master",
+                        cache_dir: str | os.PathLike | None = None, endpoint: str | None = None,
+                        family: str | None = None, **options):
         """A local folder, or a model id with `mirror="modelscope"`; other keywords go to the tokenizer."""
-        from .families import tokenizer_family
-        from .hub.resolve import resolve_tokenizer_folder
         folder = resolve_tokenizer_folder(path_or_id, mirror=mirror, revision=revision, cache_dir=cache_dir,
                                           endpoint=endpoint)
         return tokenizer_family(folder, family).load("tokenizer").from_pretrained(folder, **options)
-
-
-AutoModelForSeq2SeqLM = ChatGLMForConditionalGeneration
-AutoModel = ChatGLMForConditionalGeneration

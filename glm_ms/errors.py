@@ -18,11 +18,14 @@ class ConversionError(CheckpointError):
     """A conversion that cannot be done or completed (missing/extra tensors, a bad output folder)."""
 
 
-class UnknownTensorError(CheckpointError, KeyError):
-    """A checkpoint tensor name that the family's name table does not know."""
-
+class _PlainKeyMessage(KeyError):
+    # KeyError's str() quotes its message; these carry sentences, shown as they are.
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownTensorError(CheckpointError, _PlainKeyMessage):
+    """A checkpoint tensor name that the family's name table does not know."""
 
 
 class WeightError(GlmMsError, ValueError):
@@ -43,3 +46,7 @@ class ModelScopeError(GlmMsError, RuntimeError):
 
 class NotFoundError(GlmMsError, FileNotFoundError):
     """A file or folder glm_ms needs (config.json, a tokenizer file, a local model folder) is not there."""
+
+
+class UnknownTokenError(TokenizerError, _PlainKeyMessage):
+    """A special token name the tokenizer does not have."""

@@ -2,10 +2,15 @@
 
 The one place that decides which classes load a `--model`; other model families plug in here.
 """
-import inspect
+from __future__ import annotations
+
+import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
+
+from . import families
 
 DEMO = "demo"
 DEMO_MODEL_DIR = Path(__file__).with_name("demo_model")
@@ -16,33 +21,33 @@ MIRRORS = ("modelscope",)
 DTYPES = ("float16", "float32")
 
 
-def is_demo(model):
+def is_demo(model) -> bool:
     """True when `model` names the bundled random-weight demo model."""
     return str(model) == DEMO
 
 
-def load_model(model, mirror=None, dtype=None, revision=None, cache_dir=None):
+def load_model(model, mirror: str | None = None, dtype: str | None = None, revision: str | None = None,
+               cache_dir=None) -> tuple:
     """Load (model, tokenizer) from a local folder, a model id (with `mirror`) or `demo`.
 
     The mirror keywords are passed on only when given, so a local folder loads without any hub code.
     """
-    from .api import AutoTokenizer, ChatGLMForConditionalGeneration
+    from .api import AutoModel, AutoTokenizer
     source = str(DEMO_MODEL_DIR) if is_demo(model) else os.fspath(model)
     hub = {key: value for key, value in (("mirror", mirror), ("revision", revision), ("cache_dir", cache_dir))
            if value is not None}
-    lm = ChatGLMForConditionalGeneration.from_pretrained(source, dtype=dtype, **hub)
+    lm = AutoModel.from_pretrained(source, dtype=dtype, **hub)
     lm.set_train(False)
     tokenizer = AutoTokenizer.from_pretrained(source, **hub)
     return lm, tokenizer
 
 
-def chat_defaults(model):
-    """The family's own chat defaults (max_length, top_p, temperature), read from its `chat` signature."""
-    params = inspect.signature(model.chat).parameters
-    return {name: params[name].default for name in ("max_length", "top_p", "temperature")}
+def chat_defaults(model) -> dict:
+    """The family's own chat defaults {max_length, top_p, temperature} (its row of glm_ms.families)."""
+    return dataclasses.asdict(families.get(model.config.family).chat)
 
 
-def add_model_arguments(parser):
+def add_model_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The model-choice flags shared by `glm-ms-web` and `glm-ms-chat`."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=DEMO, metavar="PATH_OR_ID",
@@ -58,7 +63,7 @@ def add_model_arguments(parser):
     return parser
 
 
-def load_from_args(args):
+def load_from_args(args: argparse.Namespace) -> tuple:
     """`load_model` driven by the flags of `add_model_arguments`."""
     if args.device:
         from .device import select_device
@@ -67,7 +72,7 @@ def load_from_args(args):
                       cache_dir=args.cache_dir)
 
 
-def response_text(response):
+def response_text(response: str | dict) -> str:
     """A reply as text for display: ChatGLM3 tool calls ({name, parameters|content}) become `name: …` lines."""
     if isinstance(response, dict):
         body = response.get("parameters", response.get("content", ""))

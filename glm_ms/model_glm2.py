@@ -135,14 +135,3 @@ class ChatGLM2CausalLM(ChatGLMCausalLM):
         if map_name is None:
             from .convert.names import map_glm2_name as map_name
         return super().load_named_tensors(named_tensors, map_name, source)
-
-    @classmethod
-    def from_folder(cls, folder, dtype=None, config=None, family=None):
-        """Build the model from a local folder (config.json plus shards); `family` overrides the detection."""
-        from .convert.readers import WeightSource
-        from .families import detect
-        config = config or detect(folder.path if isinstance(folder, WeightSource) else folder, family=family).config
-        if not isinstance(config, ChatGLM2Config):
-            raise ConfigError(f"{folder}: not a ChatGLM2/ChatGLM3 model (its config.json is ChatGLM-6B's)")
-        # The shared loader reads the shards; our load_named_tensors brings the ChatGLM2/3 name table.
-        return super().from_folder(folder, dtype=dtype, config=config)

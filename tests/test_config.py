@@ -44,3 +44,31 @@ def test_bad_json_names_file(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="config.json"):
         ChatGLMConfig.from_file(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["chatglm-6b", "chatglm2"])
+@pytest.mark.parametrize("field, value", [("num_layers", 100_000_000), ("hidden_size", 1e8), ("num_layers", True),
+                                          ("num_attention_heads", -4)])
+def test_sizes_beyond_any_chatglm_are_refused_before_anything_is_built(name, field, value):
+    from glm_ms import families
+    from tests.support import FAMILY_FOLDERS
+    row = families.get(name)
+    data = json.loads((FAMILY_FOLDERS[name] / "config.json").read_text())
+    data[field] = value
+    with pytest.raises(ConfigError, match=field):
+        row.config_from_dict(data)
+
+
+def test_a_huge_config_file_is_not_read(tmp_path):
+    (tmp_path / "config.json").write_text(" " * (2 << 20) + "{}")
+    with pytest.raises(ConfigError, match="too large"):
+        ChatGLMConfig.from_file(tmp_path)
+
+
+def test_errors_share_one_root_and_keep_their_builtin():
+    from glm_ms import errors
+    roots = {name: cls for name, cls in vars(errors).items()
+             if isinstance(cls, type) and issubclass(cls, Exception) and not name.startswith("_")}
+    assert all(issubclass(cls, errors.GlmMsError) for cls in roots.values())
+    assert issubclass(errors.ConfigError, ValueError) and issubclass(errors.UnknownTensorError, KeyError)
+    assert issubclass(errors.ModelScopeError, RuntimeError) and issubclass(errors.NotFoundError, FileNotFoundError)

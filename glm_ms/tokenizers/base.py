@@ -2,9 +2,24 @@
 import inspect
 import json
 import os
+import re
 import shutil
 
+from ..errors import NotFoundError, TokenizerError
+
 CONFIG_FILE = "tokenizer_config.json"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def checked_text(text: str) -> str:
+    """`text` itself, if it is a str that UTF-8 can hold; a lone surrogate (half an emoji) is a TokenizerError."""
+    if not isinstance(text, str):
+        raise TokenizerError(f"expected text (str), got {type(text).__name__}")
+    bad = _SURROGATE.search(text)
+    if bad:
+        raise TokenizerError(f"text contains a lone surrogate U+{ord(bad.group()):04X} at index {bad.start()} "
+                             "(half of a UTF-16 pair, not a character); fix the text's encoding")
+    return text
 
 
 class BatchEncoding(dict):
@@ -51,7 +66,7 @@ class TokenizerBase:
         config_file = os.path.join(folder, CONFIG_FILE)
         for path in (vocab_file, config_file) if cls.config_required else (vocab_file,):
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"tokenizer file not found: {path}")
+                raise NotFoundError(f"tokenizer file not found: {path}")
         config = {}
         if os.path.isfile(config_file):
             with open(config_file, encoding="utf-8") as f:
@@ -101,5 +116,5 @@ class TokenizerBase:
             if not isinstance(t, str):
                 raise TypeError(f"expected str or a list of str, got an element of type {type(t).__name__}")
         if return_tensors not in (None, "np"):
-            raise ValueError(f"return_tensors must be None or 'np' (numpy only), got {return_tensors!r}")
+            raise TokenizerError(f"return_tensors must be None or 'np' (numpy only), got {return_tensors!r}")
         return batched, texts

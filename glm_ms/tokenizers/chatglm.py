@@ -15,7 +15,8 @@ import numpy as np
 import sentencepiece as spm
 
 from ..positions import position_ids_2d, prefix_lm_mask
-from .base import BatchEncoding, TokenizerBase, clean_up_tokenization
+from ..errors import NotFoundError, TokenizerError
+from .base import BatchEncoding, TokenizerBase, checked_text, clean_up_tokenization
 
 VOCAB_FILE = "ice_text.model"
 
@@ -26,11 +27,11 @@ class SPTokenizer:
     def __init__(self, vocab_file, num_image_tokens=0, max_blank_length=80):
         vocab_file = os.fspath(vocab_file)
         if not os.path.isfile(vocab_file):
-            raise FileNotFoundError(f"sentencepiece model not found: {vocab_file}")
+            raise NotFoundError(f"sentencepiece model not found: {vocab_file}")
         self.vocab_file = vocab_file
         self.num_image_tokens = int(num_image_tokens)
         if self.num_image_tokens < 0:
-            raise ValueError(f"num_image_tokens must be >= 0, got {num_image_tokens}")
+            raise TokenizerError(f"num_image_tokens must be >= 0, got {num_image_tokens}")
         self.max_blank_length = max_blank_length
         self.sp = spm.SentencePieceProcessor()
         self.sp.Load(vocab_file)
@@ -79,7 +80,7 @@ class SPTokenizer:
 
     def tokenize(self, text, linebreak=True, whitespaces=True, add_dummy_prefix=True):
         """Text -> sentencepiece pieces (after whitespace substitution)."""
-        text = self._preprocess(text, linebreak, whitespaces)
+        text = self._preprocess(checked_text(text), linebreak, whitespaces)
         if not add_dummy_prefix:
             # Upstream's trick: a leading `<n>` absorbs the dummy prefix; drop "▁" and "<n>" afterwards.
             return self.sp.EncodeAsPieces("<n>" + text)[2:]
@@ -87,7 +88,7 @@ class SPTokenizer:
 
     def encode(self, text, linebreak=True, whitespaces=True, add_dummy_prefix=True):
         """Text -> ids (offset by `num_image_tokens`)."""
-        text = self._preprocess(text, linebreak, whitespaces)
+        text = self._preprocess(checked_text(text), linebreak, whitespaces)
         if not add_dummy_prefix:
             text = "<n>" + text
         ids = [i + self.num_image_tokens for i in self.sp.EncodeAsIds(text)]
@@ -108,7 +109,7 @@ class SPTokenizer:
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
             key = int(key)
             if not 0 <= key < self.num_tokens:
-                raise ValueError(f"token id {key} is outside the vocabulary [0, {self.num_tokens})")
+                raise TokenizerError(f"token id {key} is outside the vocabulary [0, {self.num_tokens})")
             if key < self.num_image_tokens:
                 return f"<image_{key}>"
             return self.sp.IdToPiece(key - self.num_image_tokens)
@@ -145,7 +146,7 @@ class ChatGLMTokenizer(TokenizerBase):
     ):
         if padding_side != "left":
             # Upstream asserts this in `_pad`: prefix-LM masks and positions are built for left padding only.
-            raise ValueError(f"ChatGLM-6B pads on the left only, got padding_side={padding_side!r}")
+            raise TokenizerError(f"ChatGLM-6B pads on the left only, got padding_side={padding_side!r}")
         self.sp_tokenizer = SPTokenizer(vocab_file, num_image_tokens=num_image_tokens)
         self.vocab_file = self.sp_tokenizer.vocab_file
         self.num_image_tokens = self.sp_tokenizer.num_image_tokens
@@ -171,7 +172,7 @@ class ChatGLMTokenizer(TokenizerBase):
             token_id = self.sp_tokenizer[token]
             # sentencepiece maps unknown pieces to <unk> silently; a special token missing from the model is a bug.
             if self.sp_tokenizer[token_id] != token:
-                raise ValueError(f"{attr} {token!r} is not a piece of {self.vocab_file}")
+                raise TokenizerError(f"{attr} {token!r} is not a piece of {self.vocab_file}")
             self._special_ids[attr] = token_id
 
         # transformers 4.33 never splits inside its "special tokens map" (bos/eos/unk/pad/mask, not gMASK/end).
@@ -268,7 +269,7 @@ class ChatGLMTokenizer(TokenizerBase):
     def tokenize(self, text):
         """Text -> pieces: split on special tokens, each remaining chunk through sentencepiece on its own."""
         tokens = []
-        for chunk in self._split_on_special_tokens(text):
+        for chunk in self._split_on_special_tokens(checked_text(text)):
             if chunk in self._no_split_tokens:
                 tokens.append(chunk)
             else:
@@ -306,10 +307,10 @@ class ChatGLMTokenizer(TokenizerBase):
             strategy = "longest"
         elif padding == "max_length":
             if max_length is None:
-                raise ValueError("padding='max_length' needs max_length")
+                raise TokenizerError("padding='max_length' needs max_length")
             strategy = "max_length"
         else:
-            raise ValueError(f"padding must be False, True, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
+            raise TokenizerError(f"padding must be False, True, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
 
         ids = [self.encode(t, add_special_tokens=add_special_tokens) for t in texts]
         if strategy == "do_not_pad" and return_tensors is None:
@@ -320,12 +321,12 @@ class ChatGLMTokenizer(TokenizerBase):
             target = max_length
             too_long = [n for n in lengths if n > max_length]
             if too_long:
-                raise ValueError(f"sequence of length {too_long[0]} exceeds max_length={max_length}; truncation is not supported")
+                raise TokenizerError(f"sequence of length {too_long[0]} exceeds max_length={max_length}; truncation is not supported")
         elif strategy == "longest":
             target = max(lengths, default=0)
         else:
             if len(set(lengths)) > 1:
-                raise ValueError(
+                raise TokenizerError(
                     f"sequences have different lengths {lengths}; pass padding=True to build a numpy batch"
                 )
             target = max(lengths, default=0)
@@ -347,7 +348,7 @@ class ChatGLMTokenizer(TokenizerBase):
                 ids = ids.asnumpy()
             arr = np.asarray(ids)
             if arr.ndim > 1:
-                raise ValueError(f"expected one sequence of ids, got an array of shape {arr.shape}; use batch_decode")
+                raise TokenizerError(f"expected one sequence of ids, got an array of shape {arr.shape}; use batch_decode")
             if arr.size and not np.issubdtype(arr.dtype, np.integer):
                 raise TypeError(f"token ids must be integers, got dtype {arr.dtype}")
             ids = arr.reshape(-1).tolist()
@@ -357,7 +358,7 @@ class ChatGLMTokenizer(TokenizerBase):
                 raise TypeError(f"token ids must be integers, got {i!r}")
             i = int(i)
             if not 0 <= i < self.vocab_size:
-                raise ValueError(f"token id {i} is outside the vocabulary [0, {self.vocab_size})")
+                raise TokenizerError(f"token id {i} is outside the vocabulary [0, {self.vocab_size})")
             out.append(i)
         return out
 

@@ -21,7 +21,9 @@ import re
 import numpy as np
 import sentencepiece as spm
 
-from .base import BatchEncoding, TokenizerBase, clean_up_tokenization
+from ..errors import NotFoundError, TokenizerError, UnknownTokenError
+from ..prompts import as_pairs, chatglm2_prompt
+from .base import BatchEncoding, TokenizerBase, checked_text, clean_up_tokenization
 
 VOCAB_FILE = "tokenizer.model"
 
@@ -45,10 +47,10 @@ class GLM2FamilyTokenizer(TokenizerBase):
                  remove_space=False):
         if padding_side != "left":
             # Upstream asserts this in `_pad`: the model's masks assume left padding.
-            raise ValueError(f"{type(self).__name__} pads on the left only, got padding_side={padding_side!r}")
+            raise TokenizerError(f"{type(self).__name__} pads on the left only, got padding_side={padding_side!r}")
         vocab_file = os.fspath(vocab_file)
         if not os.path.isfile(vocab_file):
-            raise FileNotFoundError(f"sentencepiece model not found: {vocab_file}")
+            raise NotFoundError(f"sentencepiece model not found: {vocab_file}")
         self.vocab_file = vocab_file
         self.sp_model = spm.SentencePieceProcessor(model_file=vocab_file)
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
@@ -91,7 +93,7 @@ class GLM2FamilyTokenizer(TokenizerBase):
         if token in self._commands:
             return self._commands[token]
         if token not in self.special_tokens:
-            raise KeyError(f"{token!r} is not a special token of {type(self).__name__}")
+            raise UnknownTokenError(f"{token!r} is not a special token of {type(self).__name__}")
         return self.special_tokens[token]
 
     eos_token_id = property(lambda self: self.eos_id, doc="Id of `</s>`: generation stops here.")
@@ -132,7 +134,7 @@ class GLM2FamilyTokenizer(TokenizerBase):
 
     def tokenize(self, text):
         """Text → sentencepiece pieces (the whole text at once: special tokens written in it are plain text)."""
-        return self.sp_model.EncodeAsPieces(text)
+        return self.sp_model.EncodeAsPieces(checked_text(text))
 
     def get_prefix_tokens(self):
         """`[gMASK] sop`: every ChatGLM2/3 prompt starts with them."""
@@ -150,10 +152,10 @@ class GLM2FamilyTokenizer(TokenizerBase):
         lengths = [len(s) for s in sequences]
         if padding == "max_length":
             if max_length is None:
-                raise ValueError("padding='max_length' needs max_length")
+                raise TokenizerError("padding='max_length' needs max_length")
             too_long = [n for n in lengths if n > max_length]
             if too_long:
-                raise ValueError(f"sequence of length {too_long[0]} exceeds max_length={max_length}; "
+                raise TokenizerError(f"sequence of length {too_long[0]} exceeds max_length={max_length}; "
                                  "truncation is not supported")
             target = max_length
         else:
@@ -177,7 +179,7 @@ class GLM2FamilyTokenizer(TokenizerBase):
         """
         batched, texts = self._call_texts(text, return_tensors)
         if padding not in (False, None, "do_not_pad", True, "longest", "max_length"):
-            raise ValueError(f"padding must be False, True, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
+            raise TokenizerError(f"padding must be False, True, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
         ids = [self.encode(t, add_special_tokens=add_special_tokens) for t in texts]
         return self._encoded(ids, batched, padding, max_length, return_tensors)
 
@@ -189,7 +191,7 @@ class GLM2FamilyTokenizer(TokenizerBase):
                 return BatchEncoding({k: [r[k] for r in rows] for k in self.model_input_names})
             return rows[0]
         if padding in (False, None, "do_not_pad") and len({len(x) for x in ids}) > 1:
-            raise ValueError(f"sequences have different lengths {[len(x) for x in ids]}; pass padding=True to "
+            raise TokenizerError(f"sequences have different lengths {[len(x) for x in ids]}; pass padding=True to "
                              "build a numpy batch")
         return self.pad(ids, padding=padding if padding == "max_length" else True, max_length=max_length)
 
@@ -208,7 +210,7 @@ class GLM2FamilyTokenizer(TokenizerBase):
                 ids = ids.asnumpy()
             arr = np.asarray(ids)
             if arr.ndim > 1:
-                raise ValueError(f"expected one sequence of ids, got an array of shape {arr.shape}; use batch_decode")
+                raise TokenizerError(f"expected one sequence of ids, got an array of shape {arr.shape}; use batch_decode")
             if arr.size and not np.issubdtype(arr.dtype, np.integer):
                 raise TypeError(f"token ids must be integers, got dtype {arr.dtype}")
             ids = arr.reshape(-1).tolist()
@@ -239,10 +241,8 @@ class ChatGLM2Tokenizer(GLM2FamilyTokenizer):
     family = "chatglm2"
 
     def build_prompt(self, query, history=None):
-        """ChatGLM2's prompt: `[Round n]\\n\\n问：{q}\\n\\n答：{r}\\n\\n` per past turn (from 1), then the open round."""
-        history = history or []
-        prompt = "".join(f"[Round {i}]\n\n问：{q}\n\n答：{r}\n\n" for i, (q, r) in enumerate(history, 1))
-        return prompt + f"[Round {len(history) + 1}]\n\n问：{query}\n\n答："
+        """ChatGLM2's text prompt for `query` after `history` [(query, response), ...] (see glm_ms.prompts)."""
+        return chatglm2_prompt(query, as_pairs(history))
 
 
 class ChatGLM3Tokenizer(GLM2FamilyTokenizer):
@@ -274,7 +274,8 @@ class ChatGLM3Tokenizer(GLM2FamilyTokenizer):
     def tokenize(self, text):
         """Text → pieces; with `encode_special_tokens`, role tokens in the text are kept whole (each gap encoded alone)."""
         if not self.encode_special_tokens:
-            return self.sp_model.EncodeAsPieces(text)
+            return self.sp_model.EncodeAsPieces(checked_text(text))
+        checked_text(text)
         tokens, last = [], 0
         for match in self._role_re.finditer(text):
             if last < match.start():
@@ -288,9 +289,9 @@ class ChatGLM3Tokenizer(GLM2FamilyTokenizer):
     def build_single_message(self, role, metadata, message):
         """`<|role|> {metadata}\\n {message}` as ids (each part through sentencepiece on its own, as upstream)."""
         if role not in self.roles:
-            raise ValueError(f"role must be one of {', '.join(self.roles)}, got {role!r}")
-        role_tokens = [self.get_command(f"<|{role}|>")] + self.sp_model.encode(f"{metadata}\n")
-        return role_tokens + self.sp_model.encode(message)
+            raise TokenizerError(f"role must be one of {', '.join(self.roles)}, got {role!r}")
+        role_tokens = [self.get_command(f"<|{role}|>")] + self.sp_model.encode(checked_text(f"{metadata}\n"))
+        return role_tokens + self.sp_model.encode(checked_text(message))
 
     def build_chat_input(self, query, history=None, role="user"):
         """Model inputs for a chat turn: `[gMASK] sop`, every history message, the query as `role`, then `<|assistant|>`.

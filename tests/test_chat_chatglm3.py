@@ -2,13 +2,13 @@
 last token, kept-cache turns, and tool-call parsing without eval."""
 import pytest
 
-from glm_ms.chat_glm2 import ChatPast, parse_tool_call, process_response_glm3
-from tests.glm2_support import as_json, chat_model, golden_json, tokenizer
+from glm_ms.chat import ChatPast, parse_tool_call, process_response_glm3
+from tests.support import as_json, tiny
 
 FAMILY = "chatglm3"
 
 
-@pytest.mark.parametrize("case", golden_json(FAMILY)["process_response_cases"])
+@pytest.mark.parametrize("case", tiny(FAMILY).golden_json["process_response_cases"])
 def test_process_response(case):
     history_in = as_json(case["history_in"])
     response, history = process_response_glm3(case["output"], history_in)
@@ -32,9 +32,9 @@ def test_tool_calls_are_parsed_never_evaluated():
 
 
 def test_chat_greedy_transcript():
-    lm, tok = chat_model(FAMILY), tokenizer(FAMILY)
+    lm, tok = tiny(FAMILY).model, tiny(FAMILY).tokenizer
     history = []
-    for turn in golden_json(FAMILY)["chat_greedy"]:
+    for turn in tiny(FAMILY).golden_json["chat_greedy"]:
         before = as_json(history)
         response, history = lm.chat(tok, turn["query"], history=history, max_length=turn["max_length"],
                                     do_sample=False)
@@ -44,8 +44,8 @@ def test_chat_greedy_transcript():
 
 
 def test_chat_with_system_message():
-    lm, tok = chat_model(FAMILY), tokenizer(FAMILY)
-    for turn in golden_json(FAMILY)["chat_system_greedy"]:
+    lm, tok = tiny(FAMILY).model, tiny(FAMILY).tokenizer
+    for turn in tiny(FAMILY).golden_json["chat_system_greedy"]:
         history_in = as_json(turn["history_in"])
         response, history = lm.chat(tok, turn["query"], history=history_in, max_length=turn["max_length"],
                                     do_sample=False)
@@ -55,9 +55,9 @@ def test_chat_with_system_message():
 
 
 def test_stream_chat_greedy_transcript():
-    lm, tok = chat_model(FAMILY), tokenizer(FAMILY)
+    lm, tok = tiny(FAMILY).model, tiny(FAMILY).tokenizer
     history = []
-    for turn in golden_json(FAMILY)["stream_chat_greedy"]:
+    for turn in tiny(FAMILY).golden_json["stream_chat_greedy"]:
         partials = []
         for response, history in lm.stream_chat(tok, turn["query"], history=history, max_length=turn["max_length"],
                                                 do_sample=False):
@@ -67,9 +67,9 @@ def test_stream_chat_greedy_transcript():
 
 
 def test_stream_chat_with_kept_cache_transcript():
-    lm, tok = chat_model(FAMILY), tokenizer(FAMILY)
+    lm, tok = tiny(FAMILY).model, tiny(FAMILY).tokenizer
     history, past = [], None
-    for turn in golden_json(FAMILY)["stream_chat_past_key_values_greedy"]:
+    for turn in tiny(FAMILY).golden_json["stream_chat_past_key_values_greedy"]:
         assert (past.past_length if past else 0) == turn["past_length"]
         # With a kept cache only the new message is fed, [gMASK] sop included, as upstream.
         fed = tok.build_chat_input(turn["query"], history=[] if past else history)["input_ids"][0].tolist()
@@ -85,8 +85,8 @@ def test_stream_chat_with_kept_cache_transcript():
 
 
 def test_observation_turn_round_trips_through_history():
-    lm, tok = chat_model(FAMILY), tokenizer(FAMILY)
-    case = golden_json(FAMILY)["build_chat_input_cases"][-1]
+    lm, tok = tiny(FAMILY).model, tiny(FAMILY).tokenizer
+    case = tiny(FAMILY).golden_json["build_chat_input_cases"][-1]
     assert case["role"] == "observation"
     response, history = lm.chat(tok, case["query"], history=as_json(case["history"]), role="observation",
                                 max_length=len(case["input_ids"]) + 8, do_sample=False)
@@ -99,8 +99,8 @@ def test_observation_turn_round_trips_through_history():
 
 def test_pair_history_and_the_app_call_shape():
     """(query, response) pairs, as the web page and terminal chat keep them, are read as user/assistant messages."""
-    lm, tok = chat_model(FAMILY), tokenizer(FAMILY)
-    turn = golden_json(FAMILY)["chat_greedy"][1]
+    lm, tok = tiny(FAMILY).model, tiny(FAMILY).tokenizer
+    turn = tiny(FAMILY).golden_json["chat_greedy"][1]
     pairs = [(m["content"], n["content"]) for m, n in zip(turn["history"][:-2:2], turn["history"][1:-2:2])]
     response, history = lm.chat(tok, turn["query"], pairs, max_length=turn["max_length"], do_sample=False)
     assert (response, history) == (turn["response"], turn["history"])

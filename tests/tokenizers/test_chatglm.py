@@ -10,9 +10,11 @@ import pytest
 import sentencepiece as spm
 
 from glm_ms.positions import position_ids_2d, prefix_lm_mask
+from glm_ms.errors import TokenizerError
 from glm_ms.tokenizers.chatglm import BatchEncoding, ChatGLMTokenizer, SPTokenizer
+from tests.support import FAMILIES, FAMILY_FOLDERS, tiny
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "tiny-chatglm-6b")
+FIXTURE = os.fspath(FAMILY_FOLDERS["chatglm-6b"])
 VOCAB = os.path.join(FIXTURE, "ice_text.model")
 
 with open(os.path.join(FIXTURE, "golden.json"), encoding="utf-8") as _f:
@@ -379,5 +381,14 @@ def test_no_framework_imports():
         "bad = [m for m in ('mindspore', 'torch', 'transformers') if m in sys.modules]; "
         "assert not bad, bad"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_lone_surrogate_is_a_clear_tokenizer_error(name):
+    tok = tiny(name).tokenizer
+    for call in (lambda: tok.encode("半个\ud83d表情"), lambda: tok(["ok", "\udc00"]), lambda: tok.tokenize("\ud800")):
+        with pytest.raises(TokenizerError, match="lone surrogate U\\+D[8-F][0-9A-F]{2} at index"):
+            call()
+    assert "好" in tok.decode(tok.encode("好"))  # the tokenizer still works
