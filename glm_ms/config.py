@@ -40,6 +40,13 @@ def read_config_json(path: os.PathLike | str) -> Tuple[Path, Dict[str, Any]]:
     return path, data
 
 
+def _check_family(config: Any) -> None:
+    from .families import get  # the table imports this module; it is complete by the time a config is built
+    row = get(config.family)
+    if row.config.rpartition(":")[2] != type(config).__name__:
+        raise ConfigError(f"family {config.family!r} does not use {type(config).__name__}")
+
+
 def _check_sizes(config: Any, names: Tuple[str, ...]) -> None:
     for name in names:
         value = getattr(config, name)
@@ -103,8 +110,7 @@ class ChatGLMConfig(_ConfigJSON):
             object.__setattr__(self, "inner_hidden_size", 4 * self.hidden_size)
         _check_sizes(self, ("vocab_size", "hidden_size", "num_layers", "num_attention_heads", "inner_hidden_size",
                             "max_sequence_length"))
-        if self.family != "chatglm-6b":
-            raise ConfigError(f"a ChatGLM-6B config, not {self.family}")
+        _check_family(self)
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"config field 'hidden_size' ({self.hidden_size}) is not divisible by "
                               f"'num_attention_heads' ({self.num_attention_heads})")
@@ -136,7 +142,7 @@ class ChatGLMConfig(_ConfigJSON):
 class ChatGLM2Config(_ConfigJSON):
     """ChatGLM2-6B / ChatGLM3-6B `config.json` (the two share one architecture and one config layout).
 
-    `family` is not in config.json: `glm_ms.families.detect` decides it ("chatglm2" or "chatglm3"); only the tokenizer's
+    `family` is not in config.json: `glm_ms.families.detect` decides it (ChatGLM2 or ChatGLM3); only the tokenizer's
     role tokens and the chat format depend on it.
     """
     padded_vocab_size: int          # embedding / output rows (65024); the tokenizer uses fewer ids (64798)
@@ -164,7 +170,7 @@ class ChatGLM2Config(_ConfigJSON):
     pre_seq_len: Optional[int] = None  # P-tuning v2 prefix length (not supported)
     model_type: str = "chatglm"
     torch_dtype: str = "float16"
-    family: str = "chatglm2"        # not in config.json: "chatglm2" or "chatglm3", see families.detect
+    family: str = "chatglm2"        # not in config.json: the row of glm_ms.families (ChatGLM2 or ChatGLM3)
 
     def __post_init__(self):
         if not self.kv_channels:
@@ -184,8 +190,7 @@ class ChatGLM2Config(_ConfigJSON):
             raise ConfigError("config field 'fp32_residual_connection' is true: not supported")
         if not self.rope_ratio > 0:
             raise ConfigError(f"config field 'rope_ratio' must be > 0, got {self.rope_ratio!r}")
-        if self.family not in ("chatglm2", "chatglm3"):
-            raise ConfigError(f"family must be 'chatglm2' or 'chatglm3', got {self.family!r}")
+        _check_family(self)
         for name in ("eos_token_id", "pad_token_id"):
             if not 0 <= int(getattr(self, name)) < self.padded_vocab_size:
                 raise ConfigError(f"config field {name!r} = {getattr(self, name)} is outside the vocabulary "
