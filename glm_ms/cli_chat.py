@@ -2,42 +2,68 @@
 
 Ctrl-C while an answer streams stops that answer (the part shown stays in the history, as on the web page);
 Ctrl-C at the prompt gives a fresh prompt; `stop` or end of input (Ctrl-D, or the end of piped stdin) exits.
+A line that is not text in the input's encoding is skipped with a message; when the reader of the output goes
+away (`glm-ms-chat | head`) the program ends quietly.
 """
+from __future__ import annotations
+
 import argparse
 import contextlib
+import io
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from typing import TextIO
 
+from . import families
+from .errors import GlmMsError
 from .loading import DEMO_NOTE, add_model_arguments, chat_defaults, is_demo, load_from_args, response_text
+from .render import has_lone_surrogates
 
-WELCOME = ("欢迎使用 ChatGLM-6B 模型，输入内容即可进行对话，clear 清空对话历史，stop 终止程序\n"
-           "Type a message to chat; 'clear' clears the history, 'stop' exits, Ctrl-C stops the current answer.")
-USER, BOT = "用户：", "ChatGLM-6B："
+USER = "用户："
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a program ended by SIGPIPE (128 + 13)
 # Characters a later step may still change: a half-decoded UTF-8 sequence, and the punctuation that
 # `process_response` turns full-width once a CJK character follows.
 _UNSETTLED = set("\ufffd,!:;?")
+
+
+def family_title(model) -> str:
+    """What users call the model's family ("ChatGLM2-6B")."""
+    return families.get(model.config.family).title
+
+
+def bot_label(title: str) -> str:
+    """The prefix of an answer ("ChatGLM2-6B：")."""
+    return f"{title}："
+
+
+def welcome_text(title: str) -> str:
+    """The text shown at the start and after `clear`."""
+    return (f"欢迎使用 {title} 模型，输入内容即可进行对话，clear 清空对话历史，stop 终止程序\n"
+            "Type a message to chat; 'clear' clears the history, 'stop' exits, Ctrl-C stops the current answer.")
 
 
 class StreamPrinter:
     """Shows an answer that is re-decoded as a whole at every step.
 
     While the new text extends what is on screen only the new characters are written; when earlier text
-    changed, the answer is written again on a new line.
+    changed, the answer is written again on a new line after `label`.
     """
 
-    def __init__(self, out):
-        self.out, self.shown = out, ""
+    def __init__(self, out: TextIO, label: str):
+        self.out, self.label, self.shown = out, label, ""
 
-    def update(self, text, final=False):
+    def update(self, text: str, final: bool = False) -> None:
+        """Show `text`, the whole answer so far; `final` also writes characters a later step could change."""
         settled = text
         while not final and settled and settled[-1] in _UNSETTLED:
             settled = settled[:-1]
         if settled.startswith(self.shown):
             self.out.write(settled[len(self.shown):])
         else:
-            self.out.write("\n" + BOT + settled)
+            self.out.write("\n" + self.label + settled)
         self.shown = settled
         self.out.flush()
 
@@ -52,28 +78,30 @@ class CtrlC:
     Disabled outside the main thread or where POSIX signal masks do not exist.
     """
 
-    def __init__(self, enabled=True):
+    def __init__(self, enabled: bool = True):
         self.enabled = (enabled and hasattr(signal, "pthread_sigmask")
                         and threading.current_thread() is threading.main_thread())
 
-    def block(self):
+    def block(self) -> CtrlC:
+        """Block SIGINT in this thread and the threads it starts."""
         if self.enabled:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         return self
 
-    def pressed(self):
+    def pressed(self) -> bool:
         """Consume a pending Ctrl-C; True if there was one."""
         if self.enabled and signal.SIGINT in signal.sigpending():
             signal.sigwait({signal.SIGINT})
             return True
         return False
 
-    def wait(self, timeout):
+    def wait(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for Ctrl-C; True if it came."""
         return bool(self.enabled and signal.sigtimedwait({signal.SIGINT}, timeout))
 
     @contextlib.contextmanager
-    def at_prompt(self):
+    def at_prompt(self) -> Iterator[None]:
+        """While the block runs, Ctrl-C raises KeyboardInterrupt (in the main thread)."""
         if not self.enabled:
             yield
             return
@@ -86,11 +114,13 @@ class CtrlC:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
-def answer(model, tokenizer, query, history, settings, out=sys.stdout, ctrl_c=None):
+def answer(model, tokenizer, query: str, history: list, settings: dict, out: TextIO = sys.stdout,
+           ctrl_c: CtrlC | None = None) -> list:
     """Stream one answer to `out`; returns the new history (unchanged if nothing was generated)."""
     ctrl_c = ctrl_c or CtrlC(enabled=False)
-    printer = StreamPrinter(out)
-    out.write("\n" + BOT)
+    label = bot_label(family_title(model))
+    printer = StreamPrinter(out, label)
+    out.write("\n" + label)
     out.flush()
     response, new_history, stopped = None, history, False
     stream = model.stream_chat(tokenizer, query, history, include_last=True, **settings)
@@ -101,7 +131,10 @@ def answer(model, tokenizer, query, history, settings, out=sys.stdout, ctrl_c=No
             if ctrl_c.pressed():
                 stopped = True
                 break
-    except ValueError as err:  # too long for max_length, or a setting out of range
+    except BrokenPipeError:  # the reader went away: not the model's failure, `main` ends quietly
+        raise
+    # ValueError: the checks in generation and chat that are not GenerationError yet
+    except (GlmMsError, ValueError) as err:  # too long for max_length, or a setting out of range
         out.write(f"[cannot answer: {err}]")
     except Exception as err:  # stay in the chat; the user may try again
         out.write(f"[generation failed: {type(err).__name__}: {err}]")
@@ -116,7 +149,7 @@ def answer(model, tokenizer, query, history, settings, out=sys.stdout, ctrl_c=No
     return new_history
 
 
-def read_line(inp, out):
+def read_line(inp: TextIO, out: TextIO) -> str:
     """One line with its newline, "" at end of input; a terminal gets `input()`'s line editing."""
     if inp is sys.stdin and out is sys.stdout and inp.isatty():
         try:
@@ -128,14 +161,16 @@ def read_line(inp, out):
     return inp.readline()
 
 
-def chat_loop(model, tokenizer, settings, inp=sys.stdin, out=sys.stdout, banner=None, ctrl_c=None):
+def chat_loop(model, tokenizer, settings: dict, inp: TextIO = sys.stdin, out: TextIO = sys.stdout,
+              banner: str | None = None, ctrl_c: CtrlC | None = None) -> int:
     """Read messages until `stop` or end of input; returns the exit status."""
     echo = not inp.isatty()  # piped input is not echoed by the terminal: show it so the transcript reads well
+    greeting = welcome_text(family_title(model)) + "\n" + (banner + "\n" if banner else "")
 
     def welcome():
         if out.isatty():
             out.write("\x1b[2J\x1b[H")  # clear the screen, as upstream's os.system("clear")
-        out.write(WELCOME + "\n" + (banner + "\n" if banner else ""))
+        out.write(greeting)
         out.flush()
 
     ctrl_c = ctrl_c or CtrlC(enabled=False)
@@ -152,6 +187,10 @@ def chat_loop(model, tokenizer, settings, inp=sys.stdin, out=sys.stdout, banner=
             out.write("\n")
             return 0
         query = line.rstrip("\r\n")
+        if has_lone_surrogates(query):  # bytes `surrogateescape` kept (see `run`): they are not text
+            out.write(f"\n[this line is not valid {getattr(inp, 'encoding', None) or 'UTF-8'} text and was skipped; "
+                      "check the terminal's encoding]\n")
+            continue
         if echo:
             out.write(query + "\n")
         command = query.strip()
@@ -166,7 +205,7 @@ def chat_loop(model, tokenizer, settings, inp=sys.stdin, out=sys.stdout, banner=
         history = answer(model, tokenizer, query, history, settings, out, ctrl_c)
 
 
-def load_interruptibly(args, ctrl_c):
+def load_interruptibly(args: argparse.Namespace, ctrl_c: CtrlC) -> tuple:
     """`load_from_args` in a worker thread, so that Ctrl-C (blocked, see `CtrlC`) can still abort a long load."""
     if not ctrl_c.enabled:
         return load_from_args(args)
@@ -189,11 +228,14 @@ def load_interruptibly(args, ctrl_c):
     return result["value"]
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="glm-ms-chat", description="Chat with ChatGLM-6B in the terminal.")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags of `glm-ms-chat`."""
+    rows = families.FAMILIES.values()
+    parser = argparse.ArgumentParser(prog="glm-ms-chat", description="Chat in the terminal with "
+                                     + ", ".join(row.title for row in rows) + ".")
     add_model_arguments(parser)
-    gen = parser.add_argument_group("generation (defaults: the model family's, as upstream: ChatGLM-6B 2048 / 0.7 / "
-                                    "0.95, ChatGLM2/3 8192 / 0.8 / 0.8)")
+    gen = parser.add_argument_group("generation (defaults: the model family's, as upstream: " + ", ".join(
+        f"{row.title} {row.chat.max_length} / {row.chat.top_p} / {row.chat.temperature}" for row in rows) + ")")
     gen.add_argument("--max-length", type=int, default=None, help="prompt + answer tokens")
     gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling")
     gen.add_argument("--temperature", type=float, default=None, help="sampling temperature")
@@ -201,9 +243,26 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
+    """`glm-ms-chat`: returns the exit status (1 with a one-line error when the model cannot be loaded)."""
     args = parse_args(argv)
+    try:
+        return run(args)
+    except BrokenPipeError:
+        # The reader of stdout is gone (`glm-ms-chat | head`): end quietly, as tools ended by SIGPIPE do. stdout
+        # now points at /dev/null, so that Python's last flush at exit does not fail the same way again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except GlmMsError as err:
+        print(f"glm-ms-chat: error: {err}", file=sys.stderr)
+        return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model and chat on stdin / stdout; returns the exit status."""
     ctrl_c = CtrlC().block()  # before MindSpore starts any thread
+    if isinstance(sys.stdin, io.TextIOWrapper):  # undecodable bytes: a message from chat_loop, not a traceback
+        sys.stdin.reconfigure(errors="surrogateescape")
     print(f"Loading {args.model} ...", file=sys.stderr, flush=True)
     model, tokenizer = load_interruptibly(args, ctrl_c)
     settings = chat_defaults(model)

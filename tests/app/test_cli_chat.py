@@ -1,5 +1,5 @@
 """`glm-ms-chat` with piped stdin: answers equal `model.chat`, `clear` forgets, `stop`/EOF exit 0,
-Ctrl-C stops an answer, not the program."""
+Ctrl-C stops an answer, not the program; undecodable input and a closed output pipe end in no traceback."""
 import io
 import os
 import queue
@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from glm_ms.cli_chat import BOT, USER, StreamPrinter
+from glm_ms import families
+from glm_ms.cli_chat import EXIT_BROKEN_PIPE, USER, StreamPrinter, bot_label
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAX_LENGTH, SEED = 24, 7
+BOT = bot_label(families.get("chatglm-6b").title)  # the demo model's family
 
 
 def cli(*args):
@@ -37,7 +39,7 @@ def reference(demo, query, history=()):
 
 def test_stream_printer_writes_only_new_characters_and_reprints_changes():
     out = io.StringIO()
-    printer = StreamPrinter(out)
+    printer = StreamPrinter(out, BOT)
     printer.update("你好")
     printer.update("你好,")        # ',' may still turn full-width: held back
     printer.update("你好，世界")   # it did: still an extension of what is on screen
@@ -105,3 +107,34 @@ def test_ctrl_c_stops_only_the_answer_and_eof_exits_cleanly():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_undecodable_input_is_skipped_with_a_message(demo):
+    first, _ = reference(demo, "你好")
+    command, env = cli("--max-length", str(MAX_LENGTH), "--seed", str(SEED))
+    proc = subprocess.run(command, input="坏".encode("gbk") + "\n你好\nstop\n".encode(), capture_output=True, env=env,
+                          timeout=600)
+    out, err = proc.stdout.decode("utf-8"), proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
+    assert "[this line is not valid utf-8 text and was skipped" in out.lower()
+    assert out.count(BOT) == 1 and out.split(BOT)[1].split("\n" + USER)[0].strip("\n") == first
+
+
+def test_a_closed_output_pipe_ends_quietly():
+    # `glm-ms-chat | head`: the reader goes away while the program still has answers to write
+    command, env = cli("--max-length", str(MAX_LENGTH), "--seed", str(SEED))
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    seen = b""
+    while USER.encode() not in seen:
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        assert chunk, "glm-ms-chat ended before its first prompt"
+        seen += chunk
+    proc.stdout.close()
+    try:
+        _, err = proc.communicate("你好\n再见\nstop\n".encode(), timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in err.decode("utf-8", "replace"), err.decode()[-3000:]
+    assert "BrokenPipeError" not in err.decode("utf-8", "replace")
+    assert proc.returncode == EXIT_BROKEN_PIPE

@@ -1,134 +1,24 @@
-"""`glm-ms-web`: rendering, arguments, and the running app driven with gradio_client.
+"""`glm-ms-web`: the transcript, arguments, and the running app driven with gradio_client.
 
 The app tests start `python -m glm_ms.chat_app --model demo` on a free port (the real console path) and compare
 what streams out with `model.chat` on the same bundled model and settings; the Stop/lock/error tests use an
-in-process app around a scripted fake model, so they are fast and deterministic.
+in-process app around a scripted fake model (the `fake_app` fixture), so they are fast and deterministic.
 """
-import contextlib
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-from glm_ms import chat_app
-from glm_ms.chat_app import launch_kwargs, parse_args, render_message, render_transcript, sanitize_html
+from glm_ms.chat_app import Turn, launch_kwargs, parse_args, render_transcript
+from tests.app.pages import MAX_LENGTH, ROOT, TEMPERATURE, TOP_P, FakeModel, running_app
 
-ROOT = Path(__file__).resolve().parents[1]
-MAX_LENGTH, TOP_P, TEMPERATURE = 32, 0.7, 0.95
-
-
-# ----------------------------------------------------------------------------- helpers (also used by test_browser)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url, timeout, proc=None, log=None):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"app exited with {proc.returncode}:\n{log.read_text()[-4000:] if log else ''}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer in {timeout}s:\n{log.read_text()[-4000:] if log else ''}")
-
-
-@contextlib.contextmanager
-def running_app(tmp_dir, *args, max_length=MAX_LENGTH):
-    """`python -m glm_ms.chat_app --model demo` on a free port; yields (url, process)."""
-    port = free_port()
-    log = Path(tmp_dir) / f"app-{port}.log"
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               GRADIO_ANALYTICS_ENABLED="False")
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "glm_ms.chat_app", "--model", "demo", "--port", str(port),
-                                 "--max-length", str(max_length), *args], stdout=out, stderr=subprocess.STDOUT,
-                                env=env, cwd=tmp_dir)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_http(url, 300, proc, log)
-        yield url, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-# ----------------------------------------------------------------------------- rendering
-
-
-def test_markdown_latex_and_code_render_as_html():
-    out = render_message("质能方程 $E=mc^2$ 和 **粗体**\n\n```python\nif a < b and c > d: print('$x')\n```")
-    assert "<math" in out and "<msup><mi>c</mi><mn>2</mn></msup>" in out
-    assert "<strong>粗体</strong>" in out
-    # the code block keeps its text verbatim (escaped), with no formula made of its `$`
-    assert "<pre><code class=\"language-python\">if a &lt; b and c &gt; d: print('$x')</code></pre>" in out
-
-
-def test_unclosed_fence_while_streaming_is_still_a_code_block():
-    assert render_message("看代码：\n```js\nlet a = 1 <") == (
-        "<p>看代码：</p><pre><code class=\"language-js\">let a = 1 &lt;</code></pre>")
-
-
-@pytest.mark.parametrize("text", [
-    "<script>alert(1)</script>",
-    "<img src=x onerror=alert(1)>",
-    "<svg onload=alert(1)>",
-    "[click](javascript:alert(1))",
-    "[click](&#x6a;avascript:alert(1))",
-    "![x](x\" onerror=\"alert(1))",
-    "```\"><img src=x onerror=alert(1)>\nx\n```",
-    "$\\text{<img src=x onerror=alert(1)>}$",
-])
-def test_untrusted_text_cannot_inject_markup(text):
-    elements = parsed_elements(render_message(text))
-    assert not {tag for tag, _ in elements} & {"script", "img", "svg", "iframe", "style"}, elements
-    for tag, attrs in elements:
-        assert not [name for name in attrs if name.startswith("on")], (tag, attrs)
-        assert "javascript" not in attrs.get("href", "").lower(), (tag, attrs)
-
-
-def parsed_elements(markup):
-    """[(tag, attrs)] of every element the browser would build from `markup`."""
-    from html.parser import HTMLParser
-    found = []
-
-    class Collect(HTMLParser):
-        def handle_starttag(self, tag, attrs):
-            found.append((tag, dict(attrs)))
-
-    Collect().feed(markup)
-    return found
-
-
-def test_html_in_a_message_is_shown_literally():
-    assert render_message("<b>hi</b> & 1 < 2") == "<p>&lt;b&gt;hi&lt;/b&gt; &amp; 1 &lt; 2</p>"
-
-
-def test_sanitizer_keeps_allowed_markup_and_balances_tags():
-    assert sanitize_html('<p onclick="x" class="c">a<b>b</p><a href="https://x.org">l</a><mi/>') == (
-        '<p class="c">a<b>b</b></p><a href="https://x.org" rel="noopener noreferrer nofollow" '
-        'target="_blank">l</a><mi></mi>')
+# ----------------------------------------------------------------------------- transcript
 
 
 def test_transcript_shows_errors_and_pending_answers():
-    turns = [{"query": "a", "response": "b", "error": None}, {"query": "c", "response": "", "error": "too <long>"}]
+    turns = [Turn("a", "b"), Turn("c", error="too <long>")]
     html = render_transcript(turns)
     assert html.count("glm-user") == 2 and html.count("glm-bot") == 1
     assert "⚠ too &lt;long&gt;" in html and "glm-pending" not in html
@@ -150,7 +40,7 @@ def test_defaults_bind_localhost_without_share():
 
 def test_import_does_no_work():
     code = ("import sys, glm_ms.chat_app, glm_ms.cli_chat; "
-            "print(sorted(m for m in ('gradio', 'mindspore', 'mdtex2html') if m in sys.modules))")
+            "print(sorted(m for m in ('gradio', 'mindspore', 'mdtex2html', 'latex2mathml') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.stdout.strip() == "[]"
@@ -175,50 +65,9 @@ def test_load_model_passes_mirror_keywords_only_when_given(monkeypatch):
 # ----------------------------------------------------------------------------- in-process app, scripted model
 
 
-class FakeModel:
-    """`stream_chat` that counts concurrent callers, streams slowly, and fails on request."""
-
-    def __init__(self):
-        self.active = self.most_active = 0
-        self.guard = threading.Lock()
-
-    def set_train(self, mode):
-        return self
-
-    def stream_chat(self, tokenizer, query, history, max_length=2048, include_last=False, **settings):
-        if query == "boom":
-            raise RuntimeError("kaboom")
-        with self.guard:
-            self.active += 1
-            self.most_active = max(self.most_active, self.active)
-        try:
-            text = ""
-            for i in range(max_length):
-                time.sleep(0.02)
-                text = f"{text} {query}{i}".strip()
-                yield text, list(history) + [(query, text)]
-        finally:
-            with self.guard:
-                self.active -= 1
-
-
-@pytest.fixture(scope="module")
-def fake_app():
-    pytest.importorskip("gradio")
-    from gradio_client import Client
-    model = FakeModel()
-    demo = chat_app.build_demo(model, None, demo_note="demo note").queue(default_concurrency_limit=1)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
-    try:
-        yield model, (lambda: Client(f"http://127.0.0.1:{port}/", verbose=False))
-    finally:
-        demo.close()
-
-
+@pytest.mark.server
 def test_stop_ends_generation_keeps_the_partial_answer_and_frees_the_model(fake_app):
-    model, client = fake_app
-    c = client()
+    model, c = fake_app.model, fake_app.client()
     job = c.submit("long", 2000, TOP_P, TEMPERATURE, None, api_name="/chat")
     end = time.monotonic() + 30
     while model.active == 0 and time.monotonic() < end:
@@ -237,9 +86,9 @@ def test_stop_ends_generation_keeps_the_partial_answer_and_frees_the_model(fake_
     assert history[-1] == ["next", "next0 next1 next2"]
 
 
+@pytest.mark.server
 def test_generation_error_is_shown_and_the_app_stays_up(fake_app):
-    _, client = fake_app
-    c = client()
+    c = fake_app.client()
     query, html, history = c.predict("boom", 8, TOP_P, TEMPERATURE, None, api_name="/chat")
     assert "Generation failed (RuntimeError: kaboom)" in html and history == []
     _, html, history = c.predict("ok", 2, TOP_P, TEMPERATURE, None, api_name="/chat")
@@ -247,9 +96,9 @@ def test_generation_error_is_shown_and_the_app_stays_up(fake_app):
     assert html.count("glm-error") == 1  # the failed turn stays visible, out of the model's history
 
 
+@pytest.mark.server
 def test_concurrent_sessions_take_turns_and_keep_separate_histories(fake_app):
-    model, client = fake_app
-    a, b = client(), client()
+    model, a, b = fake_app.model, fake_app.client(), fake_app.client()
     jobs = [a.submit("a", 20, TOP_P, TEMPERATURE, None, api_name="/chat"),
             b.submit("b", 20, TOP_P, TEMPERATURE, None, api_name="/chat")]
     results = [job.result(timeout=60) for job in jobs]
@@ -279,6 +128,7 @@ def reference(demo_model, query, history=(), seed=None):
                       temperature=TEMPERATURE, do_sample=True, seed=seed)[0]
 
 
+@pytest.mark.server
 def test_app_binds_localhost_only(app_url):
     psutil = pytest.importorskip("psutil")
     _, proc = app_url
@@ -288,6 +138,7 @@ def test_app_binds_localhost_only(app_url):
     assert listening == ["127.0.0.1"]
 
 
+@pytest.mark.server
 def test_streams_partials_final_equals_chat_then_clear(app_url, demo_model):
     from gradio_client import Client
     client = Client(app_url[0], verbose=False)
@@ -310,6 +161,7 @@ def test_streams_partials_final_equals_chat_then_clear(app_url, demo_model):
     assert again == [["再见", reference(demo_model, "再见", seed=12)]]
 
 
+@pytest.mark.server
 def test_two_concurrent_clients_get_their_own_complete_answers(app_url, demo_model):
     from gradio_client import Client
     a, b = Client(app_url[0], verbose=False), Client(app_url[0], verbose=False)
@@ -320,6 +172,7 @@ def test_two_concurrent_clients_get_their_own_complete_answers(app_url, demo_mod
     assert history_b == [["写一首诗", reference(demo_model, "写一首诗", seed=2)]]
 
 
+@pytest.mark.server
 def test_too_long_message_is_a_visible_message_not_a_crash(app_url):
     from gradio_client import Client
     client = Client(app_url[0], verbose=False)

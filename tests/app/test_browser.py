@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.test_chat_app import running_app
+from tests.app.pages import running_app
 
 CHROMIUM = "/usr/bin/chromium"
 MESSAGE = "质能方程 $E=mc^2$ 的代码：\n```python\nprint('hi' if 1 < 2 else 0)\n```"
@@ -47,6 +47,8 @@ def send(page, text):
     return sent + 1
 
 
+@pytest.mark.browser
+@pytest.mark.server
 def test_chat_page_in_chromium(browser, tmp_path):
     with running_app(tmp_path, max_length=128) as (url, _):
         page = browser.new_page(viewport={"width": 1100, "height": 900})
