@@ -6,8 +6,8 @@ config.json and return ChatGLM-6B, ChatGLM2-6B or ChatGLM3-6B classes accordingl
 from .chat import ChatMixin
 from .chat_glm2 import ChatGLM2ChatMixin, ChatGLM3ChatMixin
 from .generation import GenerationMixin
-from .model import ChatGLMCausalLM
-from .model_glm2 import ChatGLM2CausalLM
+from .models.chatglm import ChatGLMCausalLM
+from .models.chatglm2 import ChatGLM2CausalLM
 
 
 class ChatGLMForConditionalGeneration(ChatMixin, GenerationMixin, ChatGLMCausalLM):
