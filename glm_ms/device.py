@@ -49,7 +49,7 @@ def select_device(device: str | None = None) -> str:
 
 
 def default_dtype(device: str | None = None) -> str:
-    """float16 on Ascend (no bf16 on 910A), float32 on CPU (MindSpore's fp16 CPU kernels are ~8x slower)."""
+    """float16 on Ascend (no bf16 on 910A), float32 on CPU (MindSpore's fp16 CPU kernels are far slower)."""
     return "float16" if select_device(device) == "Ascend" else "float32"
 
 
@@ -64,11 +64,9 @@ def jit_config() -> dict[str, str]:
 
 
 def compiled_by_default(dtype: Any) -> bool:
-    """Whether generation compiles graphs by default for weights of `dtype` (eager otherwise).
-
-    Not for float16 on CPU: MindSpore's CPU MatMul has no float16 kernel, and a compiled graph keeps a float32
-    cast of every weight alive (measured: +3.7 GB over 1.9 GB of float16 weights), which puts a float16 6B
-    model at ~37 GB; eager execution casts one weight at a time.
-    """
+    """Whether generation compiles graphs by default for weights of `dtype` (eager otherwise)."""
+    # Not for float16 on CPU: MindSpore's CPU MatMul has no float16 kernel, and a compiled graph keeps a float32
+    # cast of every weight alive (about three times the float16 weights' size in all); eager execution casts
+    # one weight at a time.
     import mindspore as ms
     return not (select_device() == "CPU" and dtype == ms.float16)
