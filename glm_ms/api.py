@@ -11,8 +11,8 @@ from .chat import ChatGLM2Chat, ChatGLM3Chat, ChatGLMChat
 from .families import detect, tokenizer_family
 from .generation import GenerationMixin
 from .hub.resolve import resolve_model, resolve_tokenizer_folder
-from .model import ChatGLMCausalLM
-from .model_glm2 import ChatGLM2CausalLM
+from .models.chatglm import ChatGLMCausalLM
+from .models.chatglm2 import ChatGLM2CausalLM
 
 
 class _FromPretrained:

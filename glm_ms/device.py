@@ -1,5 +1,15 @@
 """The one place that decides MindSpore's device, execution mode and default dtype."""
+from __future__ import annotations
+
 import os
+from typing import Any
+
+from .errors import ConfigError, GlmMsError
+
+
+class DeviceError(GlmMsError, RuntimeError):
+    """MindSpore already runs on another device in this process."""
+
 
 _selected = None
 
@@ -10,7 +20,7 @@ _selected = None
 CPU_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
-def ascend_available():
+def ascend_available() -> bool:
     """True when MindSpore can see an Ascend NPU."""
     try:
         import mindspore as ms
@@ -19,14 +29,14 @@ def ascend_available():
         return False
 
 
-def select_device(device=None):
+def select_device(device: str | None = None) -> str:
     """Set MindSpore's device once: argument, else $GLM_MS_DEVICE, else Ascend when present, else CPU."""
     global _selected
     import mindspore as ms
     wanted = device or os.environ.get("GLM_MS_DEVICE") or ("Ascend" if ascend_available() else "CPU")
     wanted = {"cpu": "CPU", "ascend": "Ascend", "npu": "Ascend"}.get(wanted.lower(), wanted)
     if wanted not in ("CPU", "Ascend"):
-        raise ValueError(f"unknown device {wanted!r}: use 'CPU' or 'Ascend'")
+        raise ConfigError(f"unknown device {wanted!r}: use 'CPU' or 'Ascend'")
     if _selected is None:
         if wanted == "CPU":
             for name, value in CPU_ENV.items():
@@ -34,16 +44,16 @@ def select_device(device=None):
         ms.set_device(wanted)
         _selected = wanted
     elif _selected != wanted:
-        raise RuntimeError(f"MindSpore already runs on {_selected}; a process cannot switch to {wanted}")
+        raise DeviceError(f"MindSpore already runs on {_selected}; a process cannot switch to {wanted}")
     return _selected
 
 
-def default_dtype(device=None):
-    """float16 on Ascend (no bf16 on 910A), float32 on CPU (MindSpore's fp16 CPU kernels are ~8x slower)."""
+def default_dtype(device: str | None = None) -> str:
+    """float16 on Ascend (no bf16 on 910A), float32 on CPU (MindSpore's fp16 CPU kernels are far slower)."""
     return "float16" if select_device(device) == "Ascend" else "float32"
 
 
-def jit_config():
+def jit_config() -> dict[str, str]:
     """Keyword arguments of `mindspore.jit` for the compiled decode graphs.
 
     MindSpore 2.10's `jit` takes jit_level "O0" or "O1" only ("O2", the GE whole-graph sink, is deprecated
@@ -53,12 +63,10 @@ def jit_config():
     return {"jit_level": level}
 
 
-def compiled_by_default(dtype):
-    """Whether generation compiles graphs by default for weights of `dtype` (eager otherwise).
-
-    Not for float16 on CPU: MindSpore's CPU MatMul has no float16 kernel, and a compiled graph keeps a float32
-    cast of every weight alive (measured: +3.7 GB over 1.9 GB of float16 weights), which puts a float16 6B
-    model at ~37 GB; eager execution casts one weight at a time.
-    """
+def compiled_by_default(dtype: Any) -> bool:
+    """Whether generation compiles graphs by default for weights of `dtype` (eager otherwise)."""
+    # Not for float16 on CPU: MindSpore's CPU MatMul has no float16 kernel, and a compiled graph keeps a float32
+    # cast of every weight alive (about three times the float16 weights' size in all); eager execution casts
+    # one weight at a time.
     import mindspore as ms
     return not (select_device() == "CPU" and dtype == ms.float16)

@@ -1,14 +1,18 @@
 """Prefix-LM attention masks and 2D position ids of ChatGLM-6B (numpy only, shared by tokenizer and generation)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import numpy as np
 
 
-def context_length(ids, bos_id):
+def context_length(ids: Sequence[int], bos_id: int) -> int:
     """Index of `<sop>` in `ids`: everything before it is the bidirectional context (whole length if absent)."""
     ids = list(ids)
     return ids.index(bos_id) if bos_id in ids else len(ids)
 
 
-def prefix_lm_mask(ids, bos_id):
+def prefix_lm_mask(ids: Sequence[int], bos_id: int) -> np.ndarray:
     """Bool mask [1, seq, seq], True = masked: causal, plus full attention over the context."""
     seq = len(ids)
     ctx = context_length(ids, bos_id)
@@ -17,7 +21,8 @@ def prefix_lm_mask(ids, bos_id):
     return ~allowed[None]
 
 
-def position_ids_2d(ids, bos_id, mask_id, gmask_id, prefer_gmask=False):
+def position_ids_2d(ids: Sequence[int], bos_id: int, mask_id: int, gmask_id: int,
+                    prefer_gmask: bool = False) -> np.ndarray:
     """Int64 [2, seq]: positions (frozen at the mask token from `<sop>` on) and block positions (0 then 1, 2, ...)."""
     ids = list(ids)
     seq = len(ids)

@@ -8,6 +8,8 @@ the figures read as ratios rather than machine-dependent absolutes.
     python3 scripts/bench.py --layers 2
     python3 scripts/bench.py --checkpoint DIR --dtype float16 --new-tokens 4   # a real (or synthetic) model
 """
+from __future__ import annotations
+
 import argparse
 import json
 import os
@@ -22,11 +24,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 POSITIONS = (16, 128, 512)
 
 
-def peak_rss_gb():
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far, in GiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
 
 
-def build_model(args):
+def build_model(args: argparse.Namespace) -> tuple:
     """A ChatGLM-6B-architecture model of the requested shape with small random weights."""
     from mindspore import Tensor
     from glm_ms import ChatGLMConfig, ChatGLMForConditionalGeneration
@@ -54,7 +57,8 @@ def build_model(args):
     return model, config
 
 
-def current_rss_gb():
+def current_rss_gb() -> float | None:
+    """Resident memory of this process now, in GiB (None where /proc is absent)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
@@ -62,14 +66,14 @@ def current_rss_gb():
     return None
 
 
-def load_model(args):
+def load_model(args: argparse.Namespace) -> tuple:
     """A model loaded from a folder (glm-ms-convert output or upstream shards), and its config."""
     from glm_ms import ChatGLMForConditionalGeneration
     model = ChatGLMForConditionalGeneration.from_pretrained(args.checkpoint, dtype=args.dtype)
     return model, model.config
 
 
-def streamed_matrices(model):
+def streamed_matrices(model) -> list[tuple[int, int, int]]:
     """(rows, cols, bytes per element) of every weight matrix a decode step reads once."""
     import mindspore as ms
     size = 2 if model.compute_dtype == ms.float16 else 4
@@ -77,7 +81,7 @@ def streamed_matrices(model):
     return [(p.shape[0], p.shape[1], size) for p in model.weight_parameters().values() if len(p.shape) == 2]
 
 
-def bandwidth_bound_ms(mats, repeats=5):
+def bandwidth_bound_ms(mats: list[tuple[int, int, int]], repeats: int = 5) -> tuple[float, int]:
     """Best time of numpy fp32 `x @ W.T` over matrices holding the same bytes as the model's (one buffer reused)."""
     shapes = [(max(1, rows * size // 4), cols) for rows, cols, size in mats]
     buffer = np.ones(max(r * c for r, c in shapes), dtype=np.float32)
@@ -93,7 +97,8 @@ def bandwidth_bound_ms(mats, repeats=5):
     return best * 1e3, sum(r * c * 4 for r, c in shapes)
 
 
-def timed_stream(model, prompt, new_tokens, stop_after=None, compiled=None):
+def timed_stream(model, prompt: np.ndarray, new_tokens: int, stop_after: int | None = None,
+                 compiled: bool | None = None) -> tuple[float, np.ndarray]:
     """Seconds to the first token, then per decode step (time between consecutive tokens)."""
     start = time.perf_counter()
     marks = []
@@ -107,7 +112,8 @@ def timed_stream(model, prompt, new_tokens, stop_after=None, compiled=None):
     return marks[0] - start, np.diff(marks)
 
 
-def main(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=4096)
@@ -124,12 +130,26 @@ def main(argv=None):
     parser.add_argument("--eager-tokens", type=int, default=6, help="eager decode steps timed for comparison")
     parser.add_argument("--checkpoint", default=None, help="load this model folder instead of random weights "
                         "(shape flags are then ignored)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def random_prompt(config, length: int, seed: int) -> np.ndarray:
+    """int64 [1, length]: random plain-text ids, then [gMASK] <sop> as a ChatGLM-6B prompt ends."""
+    rng = np.random.default_rng(seed)
+    specials = {config.mask_token_id, config.gmask_token_id, config.bos_token_id, config.eos_token_id}
+    high = min(specials) if min(specials) > 100 else config.vocab_size  # plain text ids sit below the specials
+    body = [t for t in rng.integers(20, high, size=4 * length) if t not in specials][:length - 2]
+    return np.concatenate([body, [config.gmask_token_id, config.bos_token_id]])[None].astype(np.int64)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; print and return its JSON record."""
+    # Kept whole: one measurement run read top to bottom, ending in the flat record it prints.
+    args = parse_args(argv)
     from glm_ms.device import default_dtype, select_device
     device = select_device(args.device)
     args.dtype = args.dtype or default_dtype()
-    from glm_ms.compiled import graph_compilations
+    from glm_ms.decoding import graph_compilations
     from glm_ms.device import compiled_by_default
 
     t0 = time.perf_counter()
@@ -140,11 +160,7 @@ def main(argv=None):
         args.layers, args.hidden, args.heads = config.num_layers, config.hidden_size, config.num_attention_heads
         args.inner, args.vocab = config.inner_hidden_size, config.vocab_size
 
-    rng = np.random.default_rng(args.seed)
-    specials = {config.mask_token_id, config.gmask_token_id, config.bos_token_id, config.eos_token_id}
-    high = min(specials) if min(specials) > 100 else config.vocab_size  # plain text ids sit below the specials
-    body = [t for t in rng.integers(20, high, size=4 * args.prompt_len) if t not in specials][:args.prompt_len - 2]
-    prompt = np.concatenate([body, [config.gmask_token_id, config.bos_token_id]])[None].astype(np.int64)
+    prompt = random_prompt(config, args.prompt_len, args.seed)
     seq = prompt.shape[1]
 
     c0 = graph_compilations(model)
@@ -155,7 +171,8 @@ def main(argv=None):
     prefill_s, steps = timed_stream(model, prompt, args.new_tokens)
     c2 = graph_compilations(model)
 
-    def at(position):
+    def at(position: int) -> float | None:
+        """Median step time (ms) around the token at `position`."""
         k = position - seq  # step k feeds the token at cache slot seq + k
         window = steps[max(k - 8, 0):k + 9]  # median of 17 steps: one step is at the mercy of other processes
         return round(float(np.median(window)) * 1e3, 2) if 0 <= k < len(steps) else None

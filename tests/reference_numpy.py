@@ -3,6 +3,8 @@ import math
 
 import numpy as np
 
+from glm_ms.positions import position_ids_2d, prefix_lm_mask
+
 
 def _layer_norm(x, w, b, eps=1e-5):
     mean = x.mean(-1, keepdims=True)
@@ -56,3 +58,18 @@ def forward(sd, config, ids, positions, mask):
         x = m_in * alpha + mlp @ sd[p + "mlp.dense_4h_to_h.weight"].T + sd[p + "mlp.dense_4h_to_h.bias"]
     x = _layer_norm(x, sd["transformer.final_layernorm.weight"], sd["transformer.final_layernorm.bias"])
     return x @ sd["lm_head.weight"].T
+
+
+def left_padded_inputs(config, ids):
+    """Mask/positions as the tokenizer builds them for left-padded rows `ids` (pads fully masked, positions 0)."""
+    masks, positions = [], []
+    for row in np.asarray(ids).tolist():
+        real = [t for t in row if t != config.pad_token_id]
+        pad = len(row) - len(real)
+        m = np.ones((1, len(row), len(row)), bool)
+        m[:, pad:, pad:] = prefix_lm_mask(real, config.bos_token_id)
+        p = np.zeros((2, len(row)), np.int64)
+        p[:, pad:] = position_ids_2d(real, config.bos_token_id, config.mask_token_id, config.gmask_token_id)
+        masks.append(m)
+        positions.append(p)
+    return {"attention_mask": np.stack(masks), "position_ids": np.stack(positions)}

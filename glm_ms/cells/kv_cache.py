@@ -1,4 +1,6 @@
 """Static key/value cache: preallocated buffers written by index, so shapes never change while decoding."""
+from __future__ import annotations
+
 from collections import OrderedDict
 
 import numpy as np
@@ -17,7 +19,7 @@ class KVCache(nn.Cell):
 
     POOL_SIZE = 3
 
-    def __init__(self, num_heads, head_dim, dtype=ms.float32):
+    def __init__(self, num_heads: int, head_dim: int, dtype: ms.Type = ms.float32):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = head_dim
@@ -27,7 +29,7 @@ class KVCache(nn.Cell):
                                requires_grad=False)
         self._pool = OrderedDict()  # (shape, dtype) → (key, value), least recently used first
 
-    def allocate(self, batch, capacity, dtype):
+    def allocate(self, batch: int, capacity: int, dtype: ms.Type) -> None:
         """Zeroed buffers for `batch` sequences of up to `capacity` tokens (the same Parameters per shape)."""
         shape = (batch, self.num_heads, capacity, self.head_dim)
         wanted = (shape, dtype)
@@ -48,7 +50,7 @@ class KVCache(nn.Cell):
             ops.assign(self.key, zeros)
             ops.assign(self.value, zeros)
 
-    def reorder(self, index):
+    def reorder(self, index: Tensor) -> None:
         """Keep rows `index` of the batch (beam search)."""
         for buf in (self.key, self.value):
             ops.assign(buf, ops.gather(buf, index, 0))

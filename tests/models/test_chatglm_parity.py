@@ -1,12 +1,16 @@
-"""ChatGLM-6B against the golden outputs of the upstream implementation (tiny random-weight model, float32)."""
+"""ChatGLM-6B against the golden outputs of the upstream implementation (tiny random-weight model, float32), and
+against an independent numpy forward for shapes and layouts no golden file has."""
 import numpy as np
 import pytest
 
+from glm_ms import ChatGLMForConditionalGeneration, ChatGLMTokenizer
+from glm_ms.positions import position_ids_2d, prefix_lm_mask
+from tests import reference_numpy
+from tests.random_checkpoint import make_checkpoint
+from tests.reference_numpy import left_padded_inputs
+from tests.support import rel_err
+
 PROMPTS = range(4)
-
-
-def rel_err(a, b):
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 @pytest.mark.parametrize("i", PROMPTS)
@@ -58,26 +62,9 @@ def test_step_scores_with_cache_equal_golden_and_no_cache(model, golden):
 
 def test_left_padded_batch_greedy(model, golden):
     enc_ids = golden["batch_input_ids"]
-    tok_inputs = _batch_inputs(model, enc_ids)
+    tok_inputs = left_padded_inputs(model.config, enc_ids)
     out = model.generate(enc_ids, max_length=enc_ids.shape[1] + 16, do_sample=False, **tok_inputs)
     np.testing.assert_array_equal(out, golden["batch_output_ids"])
-
-
-def _batch_inputs(model, ids):
-    """Mask/positions as the tokenizer builds them for left padding (pads fully masked, positions 0)."""
-    from glm_ms.positions import position_ids_2d, prefix_lm_mask
-    c = model.config
-    masks, positions = [], []
-    for row in ids.tolist():
-        real = [t for t in row if t != c.pad_token_id]
-        pad = len(row) - len(real)
-        m = np.ones((1, len(row), len(row)), bool)
-        m[:, pad:, pad:] = prefix_lm_mask(real, c.bos_token_id)
-        p = np.zeros((2, len(row)), np.int64)
-        p[:, pad:] = position_ids_2d(real, c.bos_token_id, c.mask_token_id, c.gmask_token_id)
-        masks.append(m)
-        positions.append(p)
-    return {"attention_mask": np.stack(masks), "position_ids": np.stack(positions)}
 
 
 def test_tokenizer_batch_generate(model, tokenizer, golden, golden_json):
@@ -113,7 +100,6 @@ def test_stream_chat_transcript(model, tokenizer, golden_json):
 
 
 def test_float16_model_stays_close(tiny_dir, golden):
-    from glm_ms import ChatGLMForConditionalGeneration
     half = ChatGLMForConditionalGeneration.from_pretrained(tiny_dir, dtype="float32").half()
     checked = agree = 0
     for i in PROMPTS:
@@ -126,3 +112,30 @@ def test_float16_model_stays_close(tiny_dir, golden):
         checked += int(clear.sum())
         agree += int((logits.argmax(-1) == ref.argmax(-1))[clear].sum())
     assert checked and agree / checked >= 0.95
+
+
+@pytest.mark.parametrize("shape", [
+    dict(num_layers=3, hidden_size=96, num_attention_heads=6),
+    dict(num_layers=1, hidden_size=128, num_attention_heads=2, inner_hidden_size=200),
+    dict(num_layers=2, hidden_size=64, num_attention_heads=4, num_image_tokens=20000),  # 150528-style ids
+])
+def test_other_shapes_match_numpy_reference_and_cache(tmp_path, shape):
+    folder, config, sd = make_checkpoint(tmp_path / "ckpt", **shape)
+    tok = ChatGLMTokenizer.from_pretrained(folder)
+    model = ChatGLMForConditionalGeneration.from_pretrained(folder, dtype="float32")
+    ids = tok.encode("介绍一下清华大学")
+    offset = shape.get("num_image_tokens", 0)
+    assert ids[-2:] == [config["gmask_token_id"], config["bos_token_id"]] and min(ids) >= offset
+
+    logits = model([ids]).logits.asnumpy()[0]
+    positions = position_ids_2d(ids, config["bos_token_id"], config["mask_token_id"], config["gmask_token_id"])
+    ref = reference_numpy.forward(sd, config, np.array(ids), positions, prefix_lm_mask(ids, config["bos_token_id"])[0])
+    assert np.abs(logits - ref).max() <= 1e-4 * np.abs(ref).max()
+
+    # Greedy with the static cache equals re-running the whole sequence at every step.
+    out = model.generate([ids], max_new_tokens=6, do_sample=False)
+    seq = list(ids)
+    for _ in range(6):
+        seq.append(int(model([seq]).logits.asnumpy()[0, -1].argmax()))
+    assert out[0].tolist() == seq
+    assert tok.decode(out[0, len(ids):].tolist()) == tok.decode(seq[len(ids):])

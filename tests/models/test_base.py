@@ -1,11 +1,16 @@
-"""Bad checkpoints and inputs fail loudly, naming what is wrong, and never run pickle code."""
+"""The shared model base: bad checkpoints, configs and dtypes fail loudly, naming what is wrong, before anything
+big is built, and never run pickle code."""
+import json
 import shutil
+import time
 
 import pytest
 
-from glm_ms import ChatGLMForConditionalGeneration
-from glm_ms.convert.errors import CheckpointError
-from glm_ms.model import WeightError
+from glm_ms import ChatGLM2ForConditionalGeneration, ChatGLMConfig, ChatGLMForConditionalGeneration
+from glm_ms.convert.errors import CheckpointError  # glm_ms.errors.CheckpointError once the readers raise it
+from glm_ms.errors import ConfigError, WeightError
+from glm_ms.models.base import resolve_dtype
+from glm_ms.models.chatglm2 import ChatGLM2CausalLM
 from tests.random_checkpoint import make_checkpoint
 from tests.torchfile import PickleBuilder, save_torch_checkpoint, write_torch_zip
 
@@ -58,3 +63,25 @@ def test_pickle_payload_never_runs(tmp_path, tiny_dir):
     with pytest.raises(CheckpointError, match="os.system"):
         ChatGLMForConditionalGeneration.from_pretrained(folder)
     assert not marker.exists()
+
+
+def test_huge_num_layers_fails_fast_before_any_block_is_built(tiny_copy):
+    config = json.loads((tiny_copy / "config.json").read_text())
+    (tiny_copy / "config.json").write_text(json.dumps(dict(config, num_layers=100_000_000)))
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="num_layers"):
+        ChatGLMForConditionalGeneration.from_pretrained(tiny_copy)
+    assert time.monotonic() - start < 30  # a hang bound, not a timing assertion: building 1e8 blocks never ends
+
+
+def test_a_family_class_refuses_another_familys_folder_and_config(tiny_dir):
+    with pytest.raises(ConfigError, match="ChatGLM-6B config cannot be loaded as ChatGLM2-6B"):
+        ChatGLM2ForConditionalGeneration.from_pretrained(tiny_dir)
+    with pytest.raises(ConfigError, match="ChatGLM2CausalLM needs a ChatGLM2Config, got ChatGLMConfig"):
+        ChatGLM2CausalLM(ChatGLMConfig.from_file(tiny_dir), dtype="float32")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8", 3])
+def test_unknown_dtypes_are_config_errors(dtype):
+    with pytest.raises(ConfigError, match="dtype"):
+        resolve_dtype(dtype)

@@ -3,24 +3,26 @@ models, float32), and against an independent numpy forward for shapes no golden 
 import numpy as np
 import pytest
 
-from tests import glm2_reference
 from glm_ms import ChatGLM2ForConditionalGeneration, ChatGLM3ForConditionalGeneration
-from tests.glm2_support import FAMILIES, FOLDERS, golden, golden_json, model, rel_err
+from tests import glm2_reference
+from tests.support import FAMILY_FOLDERS, SECOND_GENERATION, rel_err, tiny
 
 PROMPTS = range(4)
 
 
-@pytest.fixture(params=FAMILIES)
+@pytest.fixture(params=SECOND_GENERATION)
 def family(request):
+    """ChatGLM2 and ChatGLM3 in turn (this file's models; conftest's `family` includes ChatGLM-6B)."""
     return request.param
 
 
 def test_config_and_family_detection(family):
-    lm = model(family)
-    assert type(lm) is {"chatglm2": ChatGLM2ForConditionalGeneration, "chatglm3": ChatGLM3ForConditionalGeneration}[family]
+    lm = tiny(family).model
+    classes = {"chatglm2": ChatGLM2ForConditionalGeneration, "chatglm3": ChatGLM3ForConditionalGeneration}
+    assert type(lm) is classes[family]
     c = lm.config
-    sizes = golden_json(family)["sizes"]
-    assert c.family == family == golden_json(family)["family"]
+    sizes = tiny(family).golden_json["sizes"]
+    assert c.family == family == tiny(family).golden_json["family"]
     assert (c.padded_vocab_size, c.hidden_size, c.num_attention_heads, c.kv_channels, c.multi_query_group_num,
             c.ffn_hidden_size, c.num_layers) == (sizes["padded_vocab_size"], sizes["hidden"], sizes["heads"],
                                                  sizes["kv"], sizes["groups"], sizes["ffn"], sizes["layers"])
@@ -28,15 +30,15 @@ def test_config_and_family_detection(family):
 
 @pytest.mark.parametrize("i", PROMPTS)
 def test_causal_mask_and_positions(family, i):
-    g = golden(family)
-    mask, positions = model(family).prefix_inputs(g[f"fwd{i}_input_ids"])
+    g = tiny(family).golden
+    mask, positions = tiny(family).model.prefix_inputs(g[f"fwd{i}_input_ids"])
     np.testing.assert_array_equal(mask, g[f"fwd{i}_attention_mask"])
     np.testing.assert_array_equal(positions[:, 0], g[f"fwd{i}_position_ids"])
 
 
 @pytest.mark.parametrize("i", PROMPTS)
 def test_logits_and_hidden_states(family, i):
-    g, lm = golden(family), model(family)
+    g, lm = tiny(family).golden, tiny(family).model
     out = lm(g[f"fwd{i}_input_ids"], position_ids=g[f"fwd{i}_position_ids"], output_hidden_states=True)
     assert rel_err(out.logits.asnumpy(), g[f"fwd{i}_logits"]) <= 1e-4
     layers = lm.config.num_layers
@@ -47,7 +49,7 @@ def test_logits_and_hidden_states(family, i):
 
 
 def test_key_value_cache_of_prompt_0(family):
-    g, lm = golden(family), model(family)
+    g, lm = tiny(family).golden, tiny(family).model
     out = lm(g["fwd0_input_ids"])
     assert len(out.past_key_values) == lm.config.num_layers
     for layer, (key, value) in enumerate(out.past_key_values):
@@ -57,7 +59,7 @@ def test_key_value_cache_of_prompt_0(family):
 
 
 def test_padded_batch_mask_positions_and_logits_pads_included(family):
-    g, lm = golden(family), model(family)
+    g, lm = tiny(family).golden, tiny(family).model
     ids, pad_mask, positions = g["batch_input_ids"], g["batch_attention_mask"], g["batch_position_ids"]
     mask, pos = lm.prefix_inputs(ids, pad_mask, positions)
     np.testing.assert_array_equal(mask, g["batch_full_attention_mask"])  # pad rows attend everywhere, as upstream
@@ -68,22 +70,22 @@ def test_padded_batch_mask_positions_and_logits_pads_included(family):
 
 @pytest.mark.parametrize("i", PROMPTS)
 def test_greedy_ids(family, i):
-    g = golden(family)
+    g = tiny(family).golden
     ids = g[f"fwd{i}_input_ids"]
-    out = model(family).generate(ids, max_length=ids.shape[1] + 24, do_sample=False)
+    out = tiny(family).model.generate(ids, max_length=ids.shape[1] + 24, do_sample=False)
     np.testing.assert_array_equal(out, g[f"greedy{i}_output_ids"])
 
 
 def test_greedy_stops_on_any_eos(family):
-    g, case = golden(family), golden_json(family)["eos_cases"]["greedy_eos"]
+    g, case = tiny(family).golden, tiny(family).golden_json["eos_cases"]["greedy_eos"]
     ids = g[f"fwd{case['prompt']}_input_ids"]
-    out = model(family).generate(ids, max_length=ids.shape[1] + case["max_new"], do_sample=False,
+    out = tiny(family).model.generate(ids, max_length=ids.shape[1] + case["max_new"], do_sample=False,
                                  eos_token_id=case["eos_token_id"])
     np.testing.assert_array_equal(out, g["greedy_eos_output_ids"])
 
 
 def test_step_scores_with_cache_equal_golden_and_no_cache(family):
-    g, lm = golden(family), model(family)
+    g, lm = tiny(family).golden, tiny(family).model
     ids = g["fwd0_input_ids"]
     out, scores = lm.generate(ids, max_length=g["steps_output_ids"].shape[1], do_sample=False, output_scores=True)
     np.testing.assert_array_equal(out, g["steps_output_ids"])
@@ -95,32 +97,34 @@ def test_step_scores_with_cache_equal_golden_and_no_cache(family):
 
 
 def test_left_padded_batch_greedy(family):
-    g = golden(family)
+    g = tiny(family).golden
     ids = g["batch_input_ids"]
-    out = model(family).generate(ids, attention_mask=g["batch_attention_mask"], position_ids=g["batch_position_ids"],
-                                 max_length=ids.shape[1] + 16, do_sample=False)
+    out = tiny(family).model.generate(ids, attention_mask=g["batch_attention_mask"],
+                                      position_ids=g["batch_position_ids"],
+                                      max_length=ids.shape[1] + 16, do_sample=False)
     np.testing.assert_array_equal(out, g["batch_output_ids"])
 
 
 def test_left_padded_batch_eos_pads_finished_rows(family):
-    g, case = golden(family), golden_json(family)["eos_cases"]["batch_eos"]
+    g, case = tiny(family).golden, tiny(family).golden_json["eos_cases"]["batch_eos"]
     ids = g["batch_input_ids"]
-    out = model(family).generate(ids, attention_mask=g["batch_attention_mask"], position_ids=g["batch_position_ids"],
-                                 max_length=ids.shape[1] + case["max_new"], do_sample=False,
-                                 eos_token_id=case["eos_token_id"], pad_token_id=case["pad_token_id"])
+    out = tiny(family).model.generate(ids, attention_mask=g["batch_attention_mask"],
+                                      position_ids=g["batch_position_ids"],
+                                      max_length=ids.shape[1] + case["max_new"], do_sample=False,
+                                      eos_token_id=case["eos_token_id"], pad_token_id=case["pad_token_id"])
     np.testing.assert_array_equal(out, g["batch_eos_output_ids"])
 
 
 def test_beam_search_ids(family):
-    g = golden(family)
+    g = tiny(family).golden
     ids = g["fwd1_input_ids"]
-    out = model(family).generate(ids, max_length=ids.shape[1] + 16, do_sample=False, num_beams=4)
+    out = tiny(family).model.generate(ids, max_length=ids.shape[1] + 16, do_sample=False, num_beams=4)
     np.testing.assert_array_equal(out, g["beam4_output_ids"])
 
 
 def test_float16_model_stays_close(family):
-    g = golden(family)
-    half = type(model(family)).from_pretrained(FOLDERS[family], dtype="float32").half()
+    g = tiny(family).golden
+    half = type(tiny(family).model).from_pretrained(FAMILY_FOLDERS[family], dtype="float32").half()
     checked = agree = 0
     for i in PROMPTS:
         logits = half(g[f"fwd{i}_input_ids"]).logits.asnumpy()[0]
@@ -158,9 +162,10 @@ def test_other_shapes_match_numpy_reference(tmp_path, shape):
 
 @pytest.mark.parametrize("compiled", [True, False])
 def test_compiled_and_eager_decoding_agree_on_a_padded_batch(family, compiled):
-    g, case = golden(family), golden_json(family)["eos_cases"]["batch_eos"]
+    g, case = tiny(family).golden, tiny(family).golden_json["eos_cases"]["batch_eos"]
     ids = g["batch_input_ids"]
-    out = model(family).generate(ids, attention_mask=g["batch_attention_mask"], position_ids=g["batch_position_ids"],
-                                 max_length=ids.shape[1] + case["max_new"], do_sample=False, compiled=compiled,
-                                 eos_token_id=case["eos_token_id"], pad_token_id=case["pad_token_id"])
+    out = tiny(family).model.generate(ids, attention_mask=g["batch_attention_mask"],
+                                      position_ids=g["batch_position_ids"],
+                                      max_length=ids.shape[1] + case["max_new"], do_sample=False, compiled=compiled,
+                                      eos_token_id=case["eos_token_id"], pad_token_id=case["pad_token_id"])
     np.testing.assert_array_equal(out, g["batch_eos_output_ids"])

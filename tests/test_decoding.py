@@ -1,8 +1,10 @@
-"""Compiled decode path: the same tokens as the eager Cells on every golden case, and few graph compilations."""
+"""The decoder: compiled graphs give the same tokens as the eager Cells on every golden case, with few graph
+compilations; both paths share the cache bookkeeping."""
 import numpy as np
 import pytest
 
-from glm_ms.compiled import CompiledDecoder, bucket, graph_compilations, runner_for
+from glm_ms.decoding import Decoder, bucket, graph_compilations, runner_for
+from glm_ms.errors import GenerationError
 
 PROMPTS = range(4)
 
@@ -35,6 +37,7 @@ def test_beam_search_compiled_equals_eager(model, golden):
     np.testing.assert_array_equal(fast, golden["beam4_output_ids"])
 
 
+@pytest.mark.slow
 def test_chat_transcript_compiled_equals_eager(model, tokenizer, golden_json):
     for compiled in (True, False):
         history = []
@@ -44,6 +47,7 @@ def test_chat_transcript_compiled_equals_eager(model, tokenizer, golden_json):
             assert response == turn["response"], f"compiled={compiled}"
 
 
+@pytest.mark.slow
 def test_stream_chat_transcript_compiled_equals_eager(model, tokenizer, golden_json):
     for compiled in (True, False):
         history = []
@@ -65,6 +69,7 @@ def test_step_scores_from_compiled_logits(model, golden):
         assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
+@pytest.mark.slow
 def test_sampling_in_graph_matches_eager_sampling(model, golden):
     ids = golden["fwd1_input_ids"]
     for settings in (dict(top_p=0.7, temperature=0.95), dict(top_k=5, top_p=1.0), dict(top_k=1)):
@@ -95,6 +100,9 @@ def test_invalid_scores_guard_inside_the_graph(tiny_dir, golden):
                                                      logits_processor=[InvalidScoreLogitsProcessor()]))
         np.testing.assert_array_equal(fast, eager)
         assert (fast[0, ids.shape[1]:] == InvalidScoreLogitsProcessor.token).all()
+    for compiled in (True, False):  # without the guard there is nothing to sample from: the same clear error
+        with pytest.raises(GenerationError, match="cannot sample"):
+            broken.generate(ids, max_new_tokens=3, do_sample=True, seed=0, compiled=compiled)
 
 
 def test_buckets():
@@ -130,12 +138,31 @@ def test_prompts_of_three_lengths_compile_one_graph_per_bucket_plus_decode(tiny_
 def test_padded_prompt_keeps_eager_slots_and_masks(model, golden):
     ids = golden["fwd1_input_ids"]
     mask, positions = model.prefix_inputs(model.check_ids(ids))
-    dec = CompiledDecoder(model, ids, mask, positions, capacity=40)
-    seq, width, cap = ids.shape[1], dec.prompt_ids.shape[1], dec.capacity
+    dec = Decoder(model, ids, mask, positions, max_length=40, compiled=True)
+    prompt = dec.prompt
+    seq, width, cap = ids.shape[1], prompt.ids.shape[1], dec.state.capacity
     assert (width, cap) == (16, 64)
     pad = width - seq
-    np.testing.assert_array_equal(dec.prompt_slots[pad:], np.arange(seq))        # real tokens: eager slots
-    assert set(dec.prompt_slots[:pad]) == set(range(cap - pad, cap))             # pads: the last slots
-    assert dec.prompt_mask[:, :, pad:, seq:].all()                               # real rows never see a pad
-    np.testing.assert_array_equal(dec.prompt_mask[:, :, pad:, :seq], mask)
-    np.testing.assert_array_equal(dec.prompt_positions[..., pad:], positions)
+    np.testing.assert_array_equal(prompt.slots[pad:], np.arange(seq))           # real tokens: eager slots
+    assert set(prompt.slots[:pad]) == set(range(cap - pad, cap))                # pads: the last slots
+    assert prompt.mask[:, :, pad:, seq:].all()                                  # real rows never see a pad
+    np.testing.assert_array_equal(prompt.mask[:, :, pad:, :seq], mask)
+    np.testing.assert_array_equal(prompt.positions[..., pad:], positions)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_both_paths_share_the_cache_bookkeeping_and_refuse_a_full_cache(model, golden, compiled):
+    ids = golden["fwd0_input_ids"]
+    mask, positions = model.prefix_inputs(model.check_ids(ids))
+    seq = ids.shape[1]
+    dec = Decoder(model, ids, mask, positions, max_length=seq + 2, compiled=compiled)
+    logits = dec.prefill()
+    np.testing.assert_allclose(logits, golden["steps_scores"][0], rtol=0, atol=1e-4 * np.abs(logits).max())
+    token = np.argmax(logits, axis=-1)
+    dec.step(token)
+    dec.step(token)
+    assert dec.state.length == seq + 2 and not dec.state.key_mask[:, :seq + 2].any()
+    advanced = positions[..., -1] + np.array([0, 2])  # the block position moved on by two
+    np.testing.assert_array_equal(dec.state.last_position[..., 0], advanced)
+    with pytest.raises(GenerationError, match=f"KV cache full \\({seq + 2} tokens\\)"):
+        dec.step(token)

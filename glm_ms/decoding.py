@@ -1,0 +1,314 @@
+"""Decoding on the static KV cache: the prompt, then one token per row and step, as eager Cells or compiled graphs.
+
+Both paths share one `DecodeState` (cache slots used, each row's key mask and last position). The compiled path
+runs `model.forward_step` (of any family) followed by the choice of the next token as one static-shape
+MindSpore graph, so a decode step is one graph launch and one read of `batch` token ids. Shapes are static
+per (batch, prompt bucket, cache capacity), so a run compiles one prefill graph and one decode graph, and
+later runs in the same buckets compile nothing:
+
+- the prompt is left-padded to a bucket; the pads are written to the *last* cache slots and masked for every
+  real row, so real tokens keep the slots, positions and mask of the eager path (cache slot i = token i);
+- the cache capacity is max_length rounded up to a bucket;
+- token ids, positions, cache slots, masks, temperature, top-p and the sampling uniforms are tensors: no
+  Python value that changes between steps is baked into a graph.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from .device import jit_config
+from .errors import GenerationError
+
+BUCKET_STEP = 256  # powers of two up to here, then multiples of it: at most 255 wasted slots past 256
+_INF = float("inf")
+
+
+def bucket(n: int, smallest: int = 16) -> int:
+    """Round a length up to a bucket: powers of two from `smallest` to BUCKET_STEP, then multiples of it."""
+    n = max(int(n), 1)
+    if n <= BUCKET_STEP:
+        return max(smallest, 1 << (n - 1).bit_length())
+    return -(-n // BUCKET_STEP) * BUCKET_STEP
+
+
+# ----------------------------------------------------------------------------- when sampling is impossible
+
+
+def unsampleable(temperature: float) -> GenerationError:
+    """The error both paths raise when the scores to sample from hold NaN or +inf (or a row has no finite one)."""
+    return GenerationError(f"cannot sample: the scores divided by temperature {temperature!r} are NaN or overflow "
+                           "float32 (use a larger temperature, do_sample=False, or InvalidScoreLogitsProcessor "
+                           "for a model whose logits are not finite)")
+
+
+def check_sampleable(scaled: np.ndarray, temperature: float) -> None:
+    """Raise `unsampleable` for temperature-scaled scores [b, vocab]; the graph in `_sample` tests the same."""
+    if not (np.all(scaled < _INF) and np.all(scaled.max(-1) > -_INF)):
+        raise unsampleable(temperature)
+
+
+@dataclass
+class TokenChoice:
+    """How the graph picks the next token: greedy argmax, or top-k → top-p sampling with host uniforms.
+
+    `guard_token`/`guard_score`: upstream's InvalidScoreLogitsProcessor in the graph (when any score is NaN/Inf,
+    every row scores zeros but `guard_score` at `guard_token`), or None. `rng` supplies one uniform per row and
+    step, consumed exactly as the eager loop consumes it.
+    """
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    guard_token: int | None = None
+    guard_score: float = 0.0
+    rng: np.random.Generator | None = None
+
+
+def _sample(logits, temperature, top_p, uniform, top_k):
+    """Token ids [b] drawn like the eager warpers: temperature, top-k, top-p, then inverse-CDF over vocab order."""
+    scaled = logits / temperature
+    values, index = ops.topk(scaled, top_k)                            # [b, k], best first
+    probs = ops.softmax(values, -1)
+    # Eager top-p walks the scores in ascending order and drops those whose running sum is <= 1 - top_p
+    # (never the best); the running sum of the r-th best is the sum from it down to the worst: a reverse cumsum.
+    ascending_sum = ops.CumSum(reverse=True)(probs, -1)
+    keep = ops.logical_or(ascending_sum > (1.0 - top_p), ops.arange(top_k) == 0)
+    probs = ops.where(keep, probs, ops.zeros_like(probs))
+    # numpy's choice() inverts the CDF taken in vocabulary order; sort the candidates by token id to match it.
+    ids, order = ops.sort(index.astype(ms.float32), -1)               # ids < 2**24 are exact in float32
+    cdf = ops.cumsum(ops.gather_elements(probs, -1, order), -1)
+    below = (cdf <= uniform.reshape(-1, 1) * cdf[:, -1:]).astype(ms.int32).sum(-1, keepdims=True)
+    pick = ops.minimum(below, top_k - 1)
+    tokens = ops.gather_elements(ids, -1, pick).reshape(-1).astype(ms.int32)
+    # check_sampleable's rule: NaN/+inf anywhere, or a row without a finite score → -1, which the host raises on.
+    ok = ops.logical_and((scaled < _INF).all(), (scaled.max(-1) > -_INF).all())
+    return ops.where(ok, tokens, ops.full_like(tokens, -1))
+
+
+class _Step(nn.Cell):
+    """`model.forward_step` on the last position followed by the token choice: the unit compiled as a graph."""
+
+    def __init__(self, model: nn.Cell, mode: str, top_k: int, guard_token: int, guard_score: float):
+        # auto_prefix=False: holding the model must not rename its parameters (they equal checkpoint names).
+        super().__init__(auto_prefix=False)
+        self.model = model
+        self.mode = mode  # "logits" | "greedy" | "sample"
+        self.top_k = top_k
+        self.guard_token = guard_token
+        self.guard_score = guard_score
+
+    def construct(self, ids, positions, mask, slots, temperature, top_p, uniform, guard):
+        logits = self.model.forward_step(ids, positions, mask, slots, True)[:, -1]   # [b, vocab] float32
+        if self.mode == "logits":
+            return logits
+        # The guard's scores replace the logits before the choice, as the eager processor does.
+        invalid = ops.logical_and(guard, ops.logical_not(ops.isfinite(logits).all()))
+        column = (ops.arange(logits.shape[-1]) == self.guard_token).astype(ms.float32)
+        logits = ops.where(invalid, ops.zeros_like(logits) + column * self.guard_score, logits)
+        if self.mode == "greedy":
+            return ops.argmax(logits, -1).astype(ms.int32)
+        return _sample(logits, temperature, top_p, uniform, self.top_k)
+
+
+# ----------------------------------------------------------------------------- compiled steps
+
+
+def _compile_cache_size() -> int | None:
+    """Graphs MindSpore has compiled in this process (None if this MindSpore does not expose the count)."""
+    try:
+        from mindspore.graph import api
+        return len(api.ms_compile_cache)
+    except (ImportError, AttributeError, TypeError):
+        return None
+
+
+def _storage_id(param: Any) -> int | None:
+    try:
+        return param.data_ptr()
+    except (AttributeError, RuntimeError):
+        return None
+
+
+@dataclass
+class StepInputs:
+    """What one forward step reads (numpy): the tokens, their positions, the mask, and the cache slots written."""
+    ids: np.ndarray        # [b, s]
+    positions: np.ndarray  # [b, 2 | 1, s]
+    mask: np.ndarray       # [b, 1, s, capacity] bool, True = masked
+    slots: np.ndarray      # [s]
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The four inputs of `forward_step` (int32 ids, positions and slots)."""
+        return (Tensor(np.asarray(self.ids, dtype=np.int32)), Tensor(np.asarray(self.positions, dtype=np.int32)),
+                Tensor(self.mask), Tensor(np.asarray(self.slots, dtype=np.int32)))
+
+
+class CompiledRunner:
+    """The compiled steps of one model, and how many graphs they have compiled (`compiles`)."""
+
+    MAX_STEPS = 8
+
+    def __init__(self, model: nn.Cell):
+        self.model = model
+        self.compiles = 0        # graph compilations counted by MindSpore during our calls
+        self.shape_keys = set()  # distinct (step, input shapes) called: what a compilation counter keys on
+        self._steps = OrderedDict()
+
+    def _fingerprint(self) -> tuple:
+        # A graph is bound to the Parameter storages present when it was compiled: new cache Parameters (another
+        # buffer shape) or weights replaced with set_data (loading, half()) need steps compiled afresh.
+        return tuple((id(p), _storage_id(p)) for _, p in self.model.parameters_and_names())
+
+    def step(self, mode: str, top_k: int = 0, guard_token: int | None = None, guard_score: float = 0.0) -> Any:
+        """The jitted step for this token-choice mode and the model's current buffers."""
+        key = (self._fingerprint(), mode, top_k, guard_token, guard_score)
+        fn = self._steps.pop(key, None)
+        if fn is None:
+            cell = _Step(self.model, mode, top_k, -1 if guard_token is None else guard_token, guard_score)
+            fn = ms.jit(cell, **jit_config())
+        self._steps[key] = fn
+        while len(self._steps) > self.MAX_STEPS:
+            self._steps.popitem(last=False)
+        return fn
+
+    def call(self, fn: Any, *inputs: Tensor) -> Tensor:
+        """Run a step; count a compilation when MindSpore compiled one (or, failing that, a new shape key)."""
+        shape_key = (id(fn.__self__),) + tuple((tuple(t.shape), str(t.dtype)) for t in inputs)
+        new_shape = shape_key not in self.shape_keys
+        self.shape_keys.add(shape_key)
+        before = _compile_cache_size()
+        out = fn(*inputs)
+        after = _compile_cache_size()
+        self.compiles += (after - before) if before is not None else int(new_shape)
+        return out
+
+    def run(self, inputs: StepInputs, choice: TokenChoice | None) -> np.ndarray:
+        """Logits [b, vocab] of the last position (choice None), or the token ids [b] the graph chose."""
+        batch = inputs.ids.shape[0]
+        uniform = np.zeros(batch, np.float32)
+        if choice is None:
+            fn, choice_inputs = self.step("logits"), (1.0, 1.0, False)
+        else:
+            mode = "sample" if choice.do_sample else "greedy"
+            fn = self.step(mode, int(choice.top_k) if choice.do_sample else 0, choice.guard_token, choice.guard_score)
+            choice_inputs = (choice.temperature, choice.top_p, choice.guard_token is not None)
+            if choice.do_sample:
+                uniform = choice.rng.random(batch).astype(np.float32)  # one draw per row, as eager's choice() takes
+        temperature, top_p, guard = choice_inputs
+        out = self.call(fn, *inputs.tensors(), Tensor(np.float32(temperature)), Tensor(np.float32(top_p)),
+                        Tensor(uniform), Tensor(np.bool_(guard))).asnumpy()
+        if choice is not None and (out < 0).any():
+            raise unsampleable(choice.temperature)
+        return out
+
+
+def runner_for(model: nn.Cell) -> CompiledRunner:
+    """The model's CompiledRunner (created on first use)."""
+    runner = model.__dict__.get("_compiled_runner")
+    if runner is None:
+        runner = CompiledRunner(model)
+        object.__setattr__(model, "_compiled_runner", runner)
+    return runner
+
+
+def graph_compilations(model: nn.Cell) -> int:
+    """Graphs the compiled decode path has compiled for `model` so far."""
+    runner = model.__dict__.get("_compiled_runner")
+    return runner.compiles if runner is not None else 0
+
+
+# ----------------------------------------------------------------------------- the decoder both paths share
+
+
+def exact_prompt(ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, capacity: int) -> StepInputs:
+    """The eager prompt: as given, written at slots 0..seq-1, the unwritten cache slots masked."""
+    batch, seq = ids.shape
+    wide = np.concatenate([mask, np.ones((batch, 1, seq, capacity - seq), dtype=bool)], axis=-1)
+    return StepInputs(ids, positions, wide, np.arange(seq))
+
+
+def bucketed_prompt(ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, capacity: int) -> StepInputs:
+    """The compiled prompt: left-padded to its bucket, pads at the last cache slots (see the module docstring)."""
+    batch, seq = ids.shape
+    pad = bucket(seq) - seq
+    # Pads go first in the prompt (so its last row is the last real token) but into the *last* cache slots:
+    # real tokens keep slots 0..seq-1 as in eager; decoding overwrites the pad slots only when it gets there.
+    slots = np.concatenate([np.arange(capacity - pad, capacity), np.arange(seq)])
+    padded_ids = np.concatenate([np.zeros((batch, pad), np.int64), ids], axis=1)
+    padded_positions = np.pad(positions, [(0, 0)] * (positions.ndim - 1) + [(pad, 0)])
+    wide = np.ones((batch, 1, pad + seq, capacity), dtype=bool)
+    wide[:, :, pad:, :seq] = mask                  # real rows see what they see in eager, never a pad
+    wide[:, :, :pad, capacity - pad:] = False      # pad rows see only pads (their output is unused)
+    return StepInputs(padded_ids, padded_positions, wide, slots)
+
+
+class DecodeState:
+    """The bookkeeping both paths share: tokens in the cache, each row's key mask and last position."""
+
+    def __init__(self, model: nn.Cell, mask: np.ndarray, positions: np.ndarray, capacity: int, limit: int):
+        batch, seq = mask.shape[0], mask.shape[-1]
+        self.model = model
+        self.capacity = capacity  # cache slots allocated
+        self.limit = limit        # tokens this run may hold (max_length)
+        self.length = seq
+        # Decode rows see what the last prompt row saw plus every generated token; unwritten slots stay masked.
+        self.key_mask = np.ones((batch, capacity), dtype=bool)
+        self.key_mask[:, :seq] = mask[:, 0, -1, :]
+        self.last_position = positions[..., -1:].copy()
+
+    def advance(self, tokens: np.ndarray) -> StepInputs:
+        """The inputs that append one token per row at the next cache slot."""
+        if self.length >= self.limit:
+            raise GenerationError(f"KV cache full ({self.limit} tokens)")
+        slot = self.length
+        self.key_mask[:, slot] = False
+        self.last_position = self.model.next_position_ids(self.last_position)
+        self.length += 1
+        return StepInputs(np.asarray(tokens)[:, None], self.last_position, self.key_mask[:, None, None, :],
+                          np.array([slot]))
+
+    def reorder(self, index: np.ndarray) -> None:
+        """Keep rows `index` (beam search)."""
+        self.model.reorder_cache(index)
+        self.key_mask = self.key_mask[index]
+        self.last_position = self.last_position[index]
+
+
+class Decoder:
+    """Prefill, then one token per row and step, on the model's static KV cache: eager Cells or compiled graphs.
+
+    `prefill(choice)` and `step(tokens, choice)` return float32 logits [b, vocab] of the last position when
+    `choice` is None; with a TokenChoice (compiled only) the token ids [b] the graph chose.
+    """
+
+    def __init__(self, model: nn.Cell, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, max_length: int,
+                 compiled: bool):
+        self.model = model
+        self.runner = runner_for(model) if compiled else None
+        capacity = bucket(max(max_length, bucket(ids.shape[1])), smallest=64) if compiled else max_length
+        model.allocate_cache(ids.shape[0], capacity)
+        self.prompt = (bucketed_prompt if compiled else exact_prompt)(ids, mask, positions, capacity)
+        self.state = DecodeState(model, mask, positions, capacity, max_length)
+
+    def _run(self, inputs: StepInputs, choice: TokenChoice | None) -> np.ndarray:
+        if self.runner is not None:
+            return self.runner.run(inputs, choice)
+        return self.model.forward_step(*inputs.tensors(), last_only=True).asnumpy()[:, -1]
+
+    def prefill(self, choice: TokenChoice | None = None) -> np.ndarray:
+        """Logits [b, vocab] at the last prompt position, or the first chosen tokens [b]."""
+        return self._run(self.prompt, choice)
+
+    def step(self, tokens: np.ndarray, choice: TokenChoice | None = None) -> np.ndarray:
+        """Append one token per row; logits [b, vocab] for the next one, or the next chosen tokens [b]."""
+        return self._run(self.state.advance(tokens), choice)
+
+    def reorder(self, index: np.ndarray) -> None:
+        """Keep rows `index` (beam search)."""
+        self.state.reorder(index)

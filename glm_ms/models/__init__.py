@@ -1,0 +1,1 @@
+"""One file per model family network (`chatglm`, `chatglm2`) over the shared base in `base`."""

@@ -1,0 +1,200 @@
+"""What every family's causal LM shares: dtypes, input-id checks, static caches, weight loading, from_folder.
+
+A family subclass sets `config_class` (and `tied_weights` if it ties matrices), builds its `transformer` and
+provides `forward_step`, `construct`, `prefix_inputs`, `next_position_ids`, `attention_layers` and
+`position_tables` (the rotary Cell whose tables grow with the cache).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn
+
+from ..device import default_dtype, select_device
+from ..errors import ConfigError, GenerationError, WeightError
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": ms.float32, "fp32": ms.float32, "float16": ms.float16, "fp16": ms.float16, "half": ms.float16}
+
+
+def resolve_dtype(dtype: str | ms.Type) -> ms.Type:
+    """'float16' | 'float32' | a mindspore dtype → the mindspore dtype (float16 or float32 only)."""
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPES:
+            raise ConfigError(f"unknown dtype {dtype!r}: use 'float16' or 'float32'")
+        return _DTYPES[dtype.lower()]
+    if dtype in (ms.float16, ms.float32):
+        return dtype
+    raise ConfigError(f"unsupported dtype {dtype!r}: use float16 or float32")
+
+
+def host_array(value: Any) -> np.ndarray:
+    """A numpy view of a Tensor, array or nested list."""
+    return np.asarray(value.asnumpy() if isinstance(value, Tensor) else value)
+
+
+@dataclass
+class CausalLMOutput:
+    """What a forward pass returns: logits [batch, seq, vocab] and, if asked, per-layer hidden states."""
+    logits: Tensor
+    hidden_states: tuple = ()
+
+
+class CausalLM(nn.Cell):
+    """The family-independent part of a ChatGLM causal LM (see the module docstring for what a family adds)."""
+
+    config_class: type = object
+    tied_weights: dict[str, str] = {}  # parameter name in checkpoints → the parameter that holds its matrix
+
+    def __init__(self, config: Any, dtype: str | ms.Type | None = None):
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
+                              f"got {type(config).__name__}")
+        select_device()
+        self.config = config
+        self.compute_dtype = resolve_dtype(dtype or default_dtype())
+
+    # ----- what a family provides
+    def attention_layers(self) -> list[nn.Cell]:
+        """The attention Cell of every block (each holds a `kv_cache`)."""
+        raise NotImplementedError
+
+    def position_tables(self) -> nn.Cell:
+        """The rotary Cell whose `ensure(n)` grows its tables to n positions."""
+        raise NotImplementedError
+
+    # ----- inputs
+    def check_ids(self, input_ids: Any) -> np.ndarray:
+        """Token ids (numpy, list of lists or Tensor) → int64 [batch, seq]; ids outside the vocabulary raise."""
+        ids = host_array(input_ids)
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or ids.shape[1] == 0 or not np.issubdtype(ids.dtype, np.integer):
+            raise GenerationError(f"input_ids must be a non-empty integer array [batch, seq], got shape "
+                                  f"{ids.shape} dtype {ids.dtype}")
+        bad = ids[(ids < 0) | (ids >= self.config.vocab_size)]
+        if bad.size:
+            raise GenerationError(f"token id {int(bad[0])} is outside the vocabulary [0, {self.config.vocab_size})")
+        return ids.astype(np.int64)
+
+    # ----- static caches
+    def allocate_cache(self, batch: int, capacity: int) -> None:
+        """Fresh static KV caches for `batch` rows of up to `capacity` tokens; grows rotary tables if needed."""
+        self.position_tables().ensure(capacity + 1)
+        for attention in self.attention_layers():
+            attention.kv_cache.allocate(batch, capacity, self.compute_dtype)
+
+    def reorder_cache(self, index: Iterable[int]) -> None:
+        """Keep cache rows `index` (beam search)."""
+        index = Tensor(np.asarray(index, dtype=np.int32))
+        for attention in self.attention_layers():
+            attention.kv_cache.reorder(index)
+
+    # ----- dtypes
+    def to_dtype(self, dtype: str | ms.Type) -> CausalLM:
+        """Cast every weight to `dtype` (float16 or float32); caches follow at the next allocation."""
+        self.compute_dtype = resolve_dtype(dtype)
+        for _, param in self.parameters_and_names():
+            if param.dtype != self.compute_dtype:
+                param.set_dtype(self.compute_dtype)  # set_data would cast the new data back to the old dtype
+        return self
+
+    def half(self) -> CausalLM:
+        """float16 weights and compute (norm statistics and softmax stay float32)."""
+        return self.to_dtype(ms.float16)
+
+    def float(self) -> CausalLM:
+        """float32 weights and compute."""
+        return self.to_dtype(ms.float32)
+
+    @property
+    def dtype(self) -> ms.Type:
+        """Compute dtype of the model."""
+        return self.compute_dtype
+
+    # ----- weights
+    def weight_parameters(self) -> dict[str, Parameter]:
+        """name → Parameter for every weight (caches excluded)."""
+        return {name: p for name, p in self.parameters_and_names() if p.requires_grad}
+
+    def default_name_map(self) -> Callable[[str], str | None]:
+        """Checkpoint name → parameter name (None: dropped) by the family table of this model's config."""
+        from ..families import get
+        return get(self.config.family).load("names").map_name
+
+    def load_named_tensors(self, named_tensors: Iterable[tuple[str, np.ndarray]],
+                           map_name: Callable[[str], str | None] | None = None,
+                           source: str = "checkpoint") -> CausalLM:
+        """Fill weights from (checkpoint name, numpy array) pairs; unknown/missing/mis-shaped tensors raise."""
+        map_name = map_name or self.default_name_map()
+        params = self.weight_parameters()
+        tied = set(self.tied_weights.values())
+        filled, digests = {}, {}
+        np_dtype = np.float16 if self.compute_dtype == ms.float16 else np.float32
+        for name, array in named_tensors:
+            try:
+                target = map_name(name)
+            except KeyError as err:  # the name table's UnknownTensorError is a KeyError
+                raise WeightError(f"{source}: {err}") from None
+            if target is None:
+                continue
+            target = self.tied_weights.get(target, target)
+            if target not in params:
+                raise WeightError(f"{source}: tensor {name!r} maps to {target!r}, which the model does not have")
+            param = params[target]
+            if tuple(array.shape) != tuple(param.shape):
+                raise WeightError(f"{source}: tensor {name!r} has shape {list(array.shape)}, "
+                                  f"the model expects {list(param.shape)}")
+            if target in filled and target not in tied:
+                raise WeightError(f"{source}: tensor {target!r} given twice ({filled[target]!r}, {name!r})")
+            # numpy casts (if needed) into memory that is freed when replaced; a MindSpore astype would land in
+            # its memory pool, which keeps the peak of a 6B model's load one copy higher.
+            data = np.ascontiguousarray(array, dtype=np_dtype)
+            if target in tied:
+                _warn_if_tied_copies_differ(digests, target, data, filled.get(target), name, source)
+            # from_numpy: the array becomes the weight's storage (Tensor(data) would copy a 1 GB matrix once more).
+            param.set_data(Tensor.from_numpy(data) if data.flags.writeable else Tensor(data))
+            filled[target] = name
+        missing = sorted(set(params) - set(filled))
+        if missing:
+            raise WeightError(f"{source}: missing tensors: {', '.join(missing)}")
+        return self
+
+    @classmethod
+    def from_folder(cls, folder_or_weights: Any, dtype: str | ms.Type | None = None,
+                    config: Any = None) -> CausalLM:
+        """Build and fill the model from a local folder or a `WeightSource`: glm_ms-converted (MindSpore
+        safetensors), MindNLP's MindSpore checkpoints or upstream torch/safetensors shards."""
+        from ..convert.readers import WeightSource, open_weights
+        from ..families import detect
+        weights = folder_or_weights
+        if not isinstance(weights, WeightSource):
+            weights = open_weights(os.fspath(folder_or_weights))
+        config = config if config is not None else detect(weights.path).config
+        model = cls(config, dtype=dtype)
+        map_name = _same_name if weights.names_are_parameters else None  # None: the family's name table
+        return model.load_named_tensors(weights.tensors(), map_name=map_name, source=str(weights.path))
+
+
+def _same_name(name: str) -> str:
+    return name
+
+
+def _warn_if_tied_copies_differ(digests: dict, target: str, data: np.ndarray, previous: str | None, name: str,
+                                source: str) -> None:
+    # Tied copies are compared by digest: never two 1 GB matrices (and a bool mask) in memory at once. Upstream
+    # loads both copies into the one matrix, so the later one wins; we do the same and say so.
+    digest = hashlib.sha256(memoryview(data).cast("B")).digest()
+    if target in digests and digests[target] != digest:
+        logger.warning("%s: %r differs from %r; like upstream, the later one (%r) is used for both the input "
+                       "embeddings and lm_head", source, name, previous, name)
+    digests[target] = digest
