@@ -164,7 +164,7 @@ class ChatHandlers:
                 finally:
                     stream.close()  # frees the model for the next answer, also when Stop closes this generator
         # ValueError: the checks in generation and chat that are not GenerationError yet
-        except (GlmMsError, ValueError) as err:  # too long for max_length, a setting out of range: the user can fix it
+        except GlmMsError as err:  # too long for max_length, a setting out of range: the user can fix it
             turn.error = f"Cannot answer: {err}"
             return "" if turn.response else turn.query
         except Exception as err:  # the page stays up; the traceback goes to the server log

@@ -134,7 +134,7 @@ def answer(model, tokenizer, query: str, history: list, settings: dict, out: Tex
     except BrokenPipeError:  # the reader went away: not the model's failure, `main` ends quietly
         raise
     # ValueError: the checks in generation and chat that are not GenerationError yet
-    except (GlmMsError, ValueError) as err:  # too long for max_length, or a setting out of range
+    except GlmMsError as err:  # too long for max_length, or a setting out of range
         out.write(f"[cannot answer: {err}]")
     except Exception as err:  # stay in the chat; the user may try again
         out.write(f"[generation failed: {type(err).__name__}: {err}]")
