@@ -12,7 +12,7 @@ from glm_ms.convert.convert import convert_checkpoint, read_manifest
 from glm_ms.convert.hub import converted_cache_path
 from glm_ms.convert.names import CHATGLM2, CHATGLM3, UnknownTensorError, map_glm2_name, table_for_config
 from tests.fake_modelscope import serve
-from tests.glm2_support import FIXTURES, FOLDERS, golden, golden_json, rel_err
+from tests.support import FAMILY_FOLDERS as FOLDERS, FIXTURES, rel_err, tiny
 
 REAL = {"chatglm2": FIXTURES / "chatglm2-6b-real-manifest", "chatglm3": FIXTURES / "chatglm3-6b-real-manifest"}
 MODEL_IDS = {"chatglm2": "ZhipuAI/chatglm2-6b", "chatglm3": "ZhipuAI/chatglm3-6b"}
@@ -60,7 +60,7 @@ def test_real_index_every_key_maps_or_is_an_explicit_drop(family):
 
 
 def test_expected_shapes_are_the_model_parameters_for_other_shapes():
-    from glm_ms.model_glm2 import ChatGLM2CausalLM
+    from glm_ms.models.chatglm2 import ChatGLM2CausalLM
     data = dict(_json(FOLDERS["chatglm2"] / "config.json"), num_layers=3, num_attention_heads=8, kv_channels=8,
                 multi_query_group_num=4, add_bias_linear=True, rmsnorm=False)
     lm = ChatGLM2CausalLM(ChatGLM2Config.from_dict(dict(data, family="chatglm2")), dtype="float32")
@@ -88,13 +88,13 @@ def test_model_id_through_the_mirror_converts_loads_and_reproduces_golden(tmp_pa
     assert read_manifest(out)["family"] == family
     assert type(lm).family == lm.config.family == family
     assert isinstance(tok, {"chatglm2": ChatGLM2Tokenizer, "chatglm3": ChatGLM3Tokenizer}[family])
-    g = golden(family)
+    g = tiny(family).golden
     for i in range(4):
         assert rel_err(lm(g[f"fwd{i}_input_ids"]).logits.asnumpy(), g[f"fwd{i}_logits"]) <= 1e-4
     ids = g["fwd2_input_ids"]
     np.testing.assert_array_equal(lm.generate(ids, max_length=ids.shape[1] + 24, do_sample=False),
                                   g["greedy2_output_ids"])
-    case = golden_json(family)["tokenizer_cases"][3]
+    case = tiny(family).golden_json["tokenizer_cases"][3]
     assert tok.encode(case["text"]) == case["input_ids"]
 
 
@@ -105,6 +105,6 @@ def test_converted_float16_folder_loads_with_the_right_class(tmp_path):
     assert read_manifest(out)["family"] == "chatglm3"
     lm = ChatGLMForConditionalGeneration.from_pretrained(out, dtype="float32")
     assert isinstance(lm, ChatGLM3ForConditionalGeneration)
-    g = golden("chatglm3")
+    g = tiny("chatglm3").golden
     # The fixture's weights are float16 already: converting to float16 changes nothing.
     assert rel_err(lm(g["fwd1_input_ids"]).logits.asnumpy(), g["fwd1_logits"]) <= 1e-4

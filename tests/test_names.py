@@ -66,7 +66,7 @@ def test_table_targets_and_shapes_agree():
 
 def test_expected_shapes_match_the_model_parameters():
     from glm_ms.config import ChatGLMConfig
-    from glm_ms.model import TIED_WEIGHTS, ChatGLMCausalLM
+    from glm_ms.models.chatglm import TIED_WEIGHTS, ChatGLMCausalLM
 
     config = _json(TINY / "config.json")
     model = ChatGLMCausalLM(ChatGLMConfig.from_dict(config), dtype="float32")
