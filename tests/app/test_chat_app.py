@@ -49,7 +49,7 @@ def test_import_does_no_work():
 def test_load_model_passes_mirror_keywords_only_when_given(monkeypatch):
     from glm_ms import api, loading
     calls = []
-    monkeypatch.setattr(api.ChatGLMForConditionalGeneration, "from_pretrained",
+    monkeypatch.setattr(api.AutoModel, "from_pretrained",
                         classmethod(lambda cls, path, dtype=None, **kw: calls.append(("model", path, dtype, kw))
                                     or FakeModel()))
     monkeypatch.setattr(api.AutoTokenizer, "from_pretrained",
