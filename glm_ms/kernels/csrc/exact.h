@@ -18,60 +18,70 @@ inline float hsum(__m256 v) {
 }
 #endif
 
-// out[m][r] = sum over streams s and steps j of x[m][s][j] * W[n0 + r][s][j], for MR rows of x (row stride ldx,
-// stream length kp) and NR rows of W.
-template <class W, int MR, int NR>
-void exact_tile(const W &w, const float *x, int64_t ldx, int64_t kp, int64_t n0, float out[MR][NR]) {
+// out[m] += sum over streams s and steps j in [j, end) of x[m][s][j] * W[n][s][j], for MR rows of x (row stride
+// ldx, stream length kp) and weight row n.
+template <class W, int MR>
+void exact_tile(const W &w, const float *x, int64_t ldx, int64_t kp, int64_t n, int64_t j, int64_t end,
+                float out[MR]) {
   constexpr int S = W::S;
-  int64_t j = 0;
 #if GLM_SIMD
-  __m256 acc[MR][NR][S];
-  for (int m = 0; m < MR; m++)
-    for (int r = 0; r < NR; r++)
-      for (int s = 0; s < S; s++) acc[m][r][s] = _mm256_setzero_ps();
-  for (; j + 8 <= kp; j += 8) {
-    for (int r = 0; r < NR; r++) {
+  constexpr int U = unroll<MR, S>();
+  __m256 acc[U][MR][S];
+  for (int u = 0; u < U; u++)
+    for (int m = 0; m < MR; m++)
+      for (int s = 0; s < S; s++) acc[u][m][s] = _mm256_setzero_ps();
+  for (; j + 8 * U <= end; j += 8 * U) {
+    prefetch(w, n, j, 8 * U);
+    for (int u = 0; u < U; u++) {
       __m256 wv[S];
-      w.load8(n0 + r, j, wv);
+      w.load8(n, j + 8 * u, wv);
       for (int m = 0; m < MR; m++)
         for (int s = 0; s < S; s++)
-          acc[m][r][s] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * ldx + s * kp + j), wv[s], acc[m][r][s]);
+          acc[u][m][s] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * ldx + s * kp + j + 8 * u), wv[s], acc[u][m][s]);
     }
   }
-  for (int m = 0; m < MR; m++)
-    for (int r = 0; r < NR; r++) {
-      __m256 t = acc[m][r][0];
-      for (int s = 1; s < S; s++) t = _mm256_add_ps(t, acc[m][r][s]);
-      out[m][r] = hsum(t);
-    }
-#else
-  for (int m = 0; m < MR; m++)
-    for (int r = 0; r < NR; r++) out[m][r] = 0.0f;
+  for (; j + 8 <= end; j += 8) {
+    __m256 wv[S];
+    w.load8(n, j, wv);
+    for (int m = 0; m < MR; m++)
+      for (int s = 0; s < S; s++)
+        acc[0][m][s] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * ldx + s * kp + j), wv[s], acc[0][m][s]);
+  }
+  for (int m = 0; m < MR; m++) {
+    __m256 t = _mm256_setzero_ps();
+    for (int u = 0; u < U; u++)
+      for (int s = 0; s < S; s++) t = _mm256_add_ps(t, acc[u][m][s]);
+    out[m] += hsum(t);
+  }
 #endif
-  for (; j < kp; j++)
-    for (int r = 0; r < NR; r++)
-      for (int s = 0; s < S; s++) {
-        const float wv = w.at(n0 + r, j, s);
-        for (int m = 0; m < MR; m++) out[m][r] += x[m * ldx + s * kp + j] * wv;
-      }
+  for (; j < end; j++)
+    for (int s = 0; s < S; s++) {
+      const float wv = w.at(n, j, s);
+      for (int m = 0; m < MR; m++) out[m] += x[m * ldx + s * kp + j] * wv;
+    }
 }
 
-// Weight rows [n_begin, n_end) against MR rows of x; y rows have stride ldy; scale may be null (float16 W).
+// Steps of K per block: with several rows of x, a block of them (all streams) stays in ~16 KiB of L1 while the
+// chunk's weight rows go by, instead of coming from L2 for every weight row. One row of x is not blocked, so the
+// weights stream through memory in order.
+template <class W, int MR>
+constexpr int64_t k_block() {
+  return MR == 1 ? INT64_MAX : (16384 / (4 * MR * W::S)) / 64 * 64;
+}
+
+// Weight rows [n_begin, n_end) (at most kChunk) against MR rows of x; y rows have stride ldy; scale may be null
+// (float16 W).
 template <class W, int MR>
 void exact_rows(const W &w, const float *x, int64_t ldx, int64_t kp, int64_t n_begin, int64_t n_end, float *y,
                 int64_t ldy, const uint16_t *scale) {
-  constexpr int NR = tile_rows<MR, W::S>();
-  int64_t n = n_begin;
-  float out[MR][NR];
-  for (; n + NR <= n_end; n += NR) {
-    exact_tile<W, MR, NR>(w, x, ldx, kp, n, out);
-    for (int m = 0; m < MR; m++)
-      for (int r = 0; r < NR; r++) y[m * ldy + n + r] = scale ? out[m][r] * scale_at(scale, n + r) : out[m][r];
+  float out[kChunk][MR] = {};
+  for (int64_t j = 0; j < kp; j += k_block<W, MR>()) {
+    const int64_t end = j + std::min(k_block<W, MR>(), kp - j);
+    for (int64_t n = n_begin; n < n_end; n++) exact_tile<W, MR>(w, x, ldx, kp, n, j, end, out[n - n_begin]);
   }
-  for (; n < n_end; n++) {
-    float one[MR][1];
-    exact_tile<W, MR, 1>(w, x, ldx, kp, n, one);
-    for (int m = 0; m < MR; m++) y[m * ldy + n] = scale ? one[m][0] * scale_at(scale, n) : one[m][0];
+  for (int64_t n = n_begin; n < n_end; n++) {
+    const float s = scale ? scale_at(scale, n) : 1.0f;
+    for (int m = 0; m < MR; m++) y[m * ldy + n] = out[n - n_begin][m] * s;
   }
 }
 

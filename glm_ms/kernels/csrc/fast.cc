@@ -68,70 +68,69 @@ inline int64_t hsum_i32(__m256i v) {
 }
 #endif
 
-// out[m][r] = exact integer dot product of q rows m and weight rows n0 + r.
-template <class W, int MR, int NR>
-void fast_tile(const W &w, const int16_t *q, int64_t ldq, int64_t kp, int64_t n0, int64_t out[MR][NR]) {
+// out[m] = exact integer dot product of q rows m and weight row n.
+template <class W, int MR>
+void fast_tile(const W &w, const int16_t *q, int64_t ldq, int64_t kp, int64_t n, int64_t out[MR]) {
   constexpr int S = W::S;
-  for (int m = 0; m < MR; m++)
-    for (int r = 0; r < NR; r++) out[m][r] = 0;
+  for (int m = 0; m < MR; m++) out[m] = 0;
   int64_t j = 0;
 #if GLM_SIMD
+  constexpr int U = unroll<MR, S>();
   const int64_t kp16 = kp - kp % 16;
   while (j < kp16) {
     const int64_t end = std::min(kp16, j + kIntBlock);
-    __m256i acc[MR][NR][S];
-    for (int m = 0; m < MR; m++)
-      for (int r = 0; r < NR; r++)
-        for (int s = 0; s < S; s++) acc[m][r][s] = _mm256_setzero_si256();
-    for (; j < end; j += 16)
-      for (int r = 0; r < NR; r++) {
+    __m256i acc[U][MR][S];
+    for (int u = 0; u < U; u++)
+      for (int m = 0; m < MR; m++)
+        for (int s = 0; s < S; s++) acc[u][m][s] = _mm256_setzero_si256();
+    for (; j + 16 * U <= end; j += 16 * U) {
+      prefetch(w, n, j, 16 * U);
+      for (int u = 0; u < U; u++) {
         __m256i wv[S];
-        w.load16(n0 + r, j, wv);
+        w.load16(n, j + 16 * u, wv);
         for (int m = 0; m < MR; m++)
           for (int s = 0; s < S; s++) {
-            const __m256i xv = _mm256_loadu_si256((const __m256i *)(q + m * ldq + s * kp + j));
-            acc[m][r][s] = _mm256_add_epi32(acc[m][r][s], _mm256_madd_epi16(wv[s], xv));
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(q + m * ldq + s * kp + j + 16 * u));
+            acc[u][m][s] = _mm256_add_epi32(acc[u][m][s], _mm256_madd_epi16(wv[s], xv));
           }
       }
-    for (int m = 0; m < MR; m++)
-      for (int r = 0; r < NR; r++)
-        for (int s = 0; s < S; s++) out[m][r] += hsum_i32(acc[m][r][s]);
+    }
+    for (; j < end; j += 16) {
+      __m256i wv[S];
+      w.load16(n, j, wv);
+      for (int m = 0; m < MR; m++)
+        for (int s = 0; s < S; s++) {
+          const __m256i xv = _mm256_loadu_si256((const __m256i *)(q + m * ldq + s * kp + j));
+          acc[0][m][s] = _mm256_add_epi32(acc[0][m][s], _mm256_madd_epi16(wv[s], xv));
+        }
+    }
+    for (int u = 0; u < U; u++)
+      for (int m = 0; m < MR; m++)
+        for (int s = 0; s < S; s++) out[m] += hsum_i32(acc[u][m][s]);
   }
 #endif
   for (; j < kp; j++)
-    for (int r = 0; r < NR; r++)
-      for (int s = 0; s < S; s++) {
-        const int64_t wv = w.int_at(n0 + r, j, s);
-        for (int m = 0; m < MR; m++) out[m][r] += wv * q[m * ldq + s * kp + j];
-      }
+    for (int s = 0; s < S; s++) {
+      const int64_t wv = w.int_at(n, j, s);
+      for (int m = 0; m < MR; m++) out[m] += wv * q[m * ldq + s * kp + j];
+    }
 }
 
 // y rows for weight rows [nb, ne) and MR activation rows starting at row m (absolute).
 template <class W, int MR>
 void fast_rows(const W &w, const Quantized &p, int64_t m, int64_t kp, int64_t nb, int64_t ne, int64_t N,
                const uint16_t *scale, float *y) {
-  constexpr int NR = tile_rows<MR, W::S>();
   const int64_t ldq = W::S * kp, nc = (int64_t)p.cols.size();
   const int16_t *q = p.q.data() + m * ldq;
-  int64_t dots[MR][NR];
-  for (int64_t n = nb; n < ne; n += NR) {
-    const int rows = (int)std::min<int64_t>(NR, ne - n);
-    if (rows == NR) {
-      fast_tile<W, MR, NR>(w, q, ldq, kp, n, dots);
-    } else {
-      for (int r = 0; r < rows; r++) {
-        int64_t one[MR][1];
-        fast_tile<W, MR, 1>(w, q, ldq, kp, n + r, one);
-        for (int i = 0; i < MR; i++) dots[i][r] = one[i][0];
-      }
+  int64_t dots[MR];
+  for (int64_t n = nb; n < ne; n++) {
+    fast_tile<W, MR>(w, q, ldq, kp, n, dots);
+    for (int i = 0; i < MR; i++) {
+      const float *xo = p.outliers.data() + (m + i) * nc;
+      double sum = (double)dots[i] * p.row_scale[m + i];
+      for (int64_t c = 0; c < nc; c++) sum += (double)xo[c] * w.int_col(n, p.cols[c]);
+      y[(m + i) * N + n] = (float)sum * scale_at(scale, n);
     }
-    for (int r = 0; r < rows; r++)
-      for (int i = 0; i < MR; i++) {
-        const float *xo = p.outliers.data() + (m + i) * nc;
-        double sum = (double)dots[i][r] * p.row_scale[m + i];
-        for (int64_t c = 0; c < nc; c++) sum += (double)xo[c] * w.int_col(n + r, p.cols[c]);
-        y[(m + i) * N + n + r] = (float)sum * scale_at(scale, n + r);
-      }
   }
 }
 
