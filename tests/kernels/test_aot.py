@@ -1,11 +1,14 @@
 """Every kernel of both builds (AVX2 and portable), called directly, against float64 references: odd shapes,
 M = 1..17 (fused rows and row blocks), fast mode within its bound, outliers, non-finite inputs, bad arguments."""
+import json
+
 import numpy as np
 import pytest
 
-from glm_ms.kernels import fast_error_bound
+from glm_ms.kernels import dequantize_rows, fast_error_bound
 from tests.kernels.aot import call
-from tests.kernels.conftest import random_weights
+from tests.kernels.conftest import load_torch, random_weights
+from tests.support import FIXTURES
 
 SHAPES = [(1, 2), (7, 10), (9, 34), (33, 130), (17, 258), (64, 200)]  # (N, K): K not a multiple of 8/16/32
 ROWS = list(range(1, 18)) + [33]
@@ -132,3 +135,27 @@ def test_empty_inputs(simd_library):
 def test_bad_arguments_return_an_error_code(simd_library, name, inputs, out, code):
     rc, _ = call(simd_library.path, name, inputs, out)
     assert rc == code
+
+
+@pytest.mark.parametrize("name", ["tiny-chatglm-6b-int8", "tiny-chatglm-6b-int4", "tiny-chatglm2-6b-int4"])
+def test_fast_mode_on_the_fixtures_layers(simd_library, name):
+    # The checkpoints' own integers and scales against the hidden states entering layer 0 (golden of the base):
+    # fast mode stays within its bound, about 2-4e-5 of the largest output here.
+    golden = json.loads((FIXTURES / name / "golden.json").read_text(encoding="utf-8"))
+    hidden = np.load(FIXTURES / golden["base_fixture"] / "golden.npz")
+    checkpoint = load_torch(FIXTURES / name / "pytorch_model.bin")
+    bits = golden["quantization_bit"]
+    kernel = f"glm_int{bits}_matmul_fast"
+    checked = 0
+    for linear in golden["quantized_linears"]:
+        w, scale = checkpoint[f"{linear}.weight"], checkpoint[f"{linear}.weight_scale"]
+        for i in range(len(golden["prompts"])):
+            x = hidden[f"fwd{i}_hidden0"].reshape(-1, hidden[f"fwd{i}_hidden0"].shape[-1]).astype(np.float32)
+            if x.shape[1] != w.shape[1] * (2 if bits == 4 else 1):
+                continue  # dense_4h_to_h takes the MLP's width
+            rc, y = call(simd_library.path, kernel, [x, w, scale, np.float32([6.0])], (x.shape[0], w.shape[0]))
+            exact = x.astype(np.float64) @ dequantize_rows(w, scale, bits).astype(np.float64).T
+            assert rc == 0 and (np.abs(y - exact) <= fast_error_bound(x, w, scale, bits)).all()
+            assert _rel(y, exact) < 1e-4
+            checked += 1
+    assert checked >= 3 * len(golden["prompts"])

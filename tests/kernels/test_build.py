@@ -149,3 +149,10 @@ def test_the_command_reports_a_build_failure(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("GLM_MS_CACHE", str(tmp_path))
     assert build.main([]) == 1
     assert "error:" in capsys.readouterr().out
+
+
+def test_the_builder_and_quantizer_need_no_mindspore():
+    code = ("import sys, glm_ms.kernels, glm_ms.kernels.build, glm_ms.kernels.quantize; "
+            "glm_ms.kernels.quantize_rows([[1.0, 2.0]], 4); print('mindspore' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
