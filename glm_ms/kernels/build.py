@@ -1,0 +1,197 @@
+"""Builds glm_ms's C++ CPU kernels on first use into a per-user cache (MindSpore-free).
+
+The shared object is keyed by a hash of the sources, the flags and the compiler's version, built under a file
+lock into a temporary name and renamed into place, so concurrent processes never load a half-written file.
+`python -m glm_ms.kernels.build [--rebuild | --clear]` shows, rebuilds or empties the cache.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import hashlib
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from glm_ms.errors import GlmMsError
+
+SOURCES = Path(__file__).resolve().parent / "csrc"
+COMMON_FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-shared", "-fPIC")
+SIMD_FLAGS = ("-mavx2", "-mfma", "-mf16c")
+SIMD_CPU_FLAGS = ("avx2", "fma", "f16c")  # /proc/cpuinfo names of what SIMD_FLAGS let the compiler use
+PREFIX = "glm_ms_kernels-"
+INSTALL_HINT = ("install a C++ compiler with OpenMP (Debian/Ubuntu: `apt-get install g++`; Fedora: `dnf install "
+                "gcc-c++`) or point $GLM_MS_CXX at one; $GLM_MS_KERNELS=off uses the slower MindSpore-ops path")
+
+
+class KernelBuildError(GlmMsError, RuntimeError):
+    """The C++ kernels cannot be built or loaded (no compiler, a failed compile, an unwritable cache)."""
+
+
+@dataclass(frozen=True)
+class KernelLibrary:
+    """A built kernel library: the shared object and whether it uses AVX2/FMA/F16C."""
+    path: Path
+    simd: bool
+
+
+def kernels_enabled() -> bool:
+    """False when $GLM_MS_KERNELS is "off" (or 0/false/no): callers then use MindSpore ops only."""
+    return os.environ.get("GLM_MS_KERNELS", "").strip().lower() not in ("off", "0", "false", "no")
+
+
+def cache_dir() -> Path:
+    """$GLM_MS_CACHE/kernels, else ~/.cache/glm_ms/kernels."""
+    root = os.environ.get("GLM_MS_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "glm_ms") / "kernels"
+
+
+def compiler() -> str:
+    """The C++ compiler to use: $GLM_MS_CXX, else g++."""
+    return os.environ.get("GLM_MS_CXX") or "g++"
+
+
+def cpu_has_simd(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
+    """Whether this CPU reports AVX2, FMA and F16C (False where /proc/cpuinfo cannot be read)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return all(flag in flags for flag in SIMD_CPU_FLAGS)
+    return False
+
+
+def build_flags(simd: bool) -> tuple[str, ...]:
+    """g++ flags of the SIMD build or of the portable scalar one."""
+    return COMMON_FLAGS + (SIMD_FLAGS if simd else ())
+
+
+def source_files() -> list[Path]:
+    """The kernel sources (.cc compiled, .h hashed too), in a stable order."""
+    return sorted(p for p in SOURCES.iterdir() if p.suffix in (".cc", ".h"))
+
+
+def compiler_version(cxx: str) -> str:
+    """`cxx --version`, or KernelBuildError saying what to install."""
+    try:
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise KernelBuildError(f"C++ compiler {cxx!r} not usable ({err}): {INSTALL_HINT}") from err
+    if out.returncode != 0:
+        raise KernelBuildError(f"C++ compiler {cxx!r} --version failed ({out.stderr.strip()[-300:]}): "
+                               f"{INSTALL_HINT}")
+    return out.stdout
+
+
+def library_name(simd: bool, cxx: str, version: str) -> str:
+    """File name of the library for these sources, flags and compiler."""
+    digest = hashlib.sha256()
+    for part in (cxx, version, " ".join(build_flags(simd))):
+        digest.update(part.encode() + b"\0")
+    for path in source_files():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"{PREFIX}{'avx2' if simd else 'portable'}-{digest.hexdigest()[:16]}.so"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` (created if needed); a no-op where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX; MindSpore's custom ops are Linux-only anyway
+        yield
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _compile(cxx: str, simd: bool, target: Path) -> None:
+    # Into a temporary name in the same folder, then one rename: a reader sees no file or a whole one.
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        cmd = [cxx, *build_flags(simd), "-o", tmp, *(str(p) for p in source_files() if p.suffix == ".cc")]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise KernelBuildError(f"compiling the CPU kernels with {cxx!r} failed ({err}): {INSTALL_HINT}") from err
+        if out.returncode != 0:
+            raise KernelBuildError(f"compiling the CPU kernels failed ({' '.join(cmd)}):\n{out.stderr.strip()[-2000:]}"
+                                   f"\n{INSTALL_HINT}")
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def build_library(cxx: str | None = None, simd: bool | None = None, cache: Path | None = None) -> KernelLibrary:
+    """The kernel library for this CPU, compiled now unless the cache already holds it.
+
+    cxx defaults to `compiler()`, simd to `cpu_has_simd()`, cache to `cache_dir()`; raises KernelBuildError.
+    """
+    cxx = cxx or compiler()
+    simd = cpu_has_simd() if simd is None else simd
+    cache = Path(cache) if cache is not None else cache_dir()
+    target = cache / library_name(simd, cxx, compiler_version(cxx))
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            with file_lock(cache / ".lock"):
+                if not target.exists():  # another process may have built it while we waited
+                    _compile(cxx, simd, target)
+    except OSError as err:
+        raise KernelBuildError(f"cannot write the kernel cache {cache} ({err}); set $GLM_MS_CACHE to a writable "
+                               "folder") from err
+    try:
+        ctypes.CDLL(str(target))  # fail here, clearly, rather than inside MindSpore's kernel launch
+    except OSError as err:
+        raise KernelBuildError(f"the CPU kernels at {target} do not load ({err}); rebuild them with "
+                               "`python -m glm_ms.kernels.build --rebuild`") from err
+    return KernelLibrary(target, simd)
+
+
+def clear_cache(cache: Path | None = None) -> int:
+    """Delete every built kernel library in the cache; returns how many were removed."""
+    cache = Path(cache) if cache is not None else cache_dir()
+    if not cache.is_dir():
+        return 0
+    removed = 0
+    with file_lock(cache / ".lock"):
+        for path in cache.glob(PREFIX + "*.so"):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Show (building if needed), rebuild or clear the kernel cache."""
+    parser = argparse.ArgumentParser(prog="python -m glm_ms.kernels.build", description=main.__doc__)
+    parser.add_argument("--rebuild", action="store_true", help="delete the cached libraries, then build")
+    parser.add_argument("--clear", action="store_true", help="delete the cached libraries only")
+    args = parser.parse_args(argv)
+    if args.rebuild or args.clear:
+        print(f"removed {clear_cache()} librar(y/ies) from {cache_dir()}")
+    if args.clear:
+        return 0
+    try:
+        lib = build_library()
+    except KernelBuildError as err:
+        print(f"error: {err}")
+        return 1
+    print(f"{lib.path} ({'AVX2/FMA/F16C' if lib.simd else 'portable'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

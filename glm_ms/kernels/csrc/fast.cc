@@ -1,0 +1,199 @@
+// Fast mode (in the spirit of LLM.int8()): each row of x is rounded to int16 with its own scale and multiplied
+// with the integer weights exactly (int32 multiply-adds, int64 sums); input columns holding an outlier
+// (|x| > threshold, or not finite, in any row) are left out of the int16 copy and added in float32 instead.
+// The rounding error of an element is at most max|x_row| / 65534, hence |y_fast - y_exact| per output is at most
+// scale[n] * sum_k |w[n, k]| * max|x_row over non-outlier columns| / 65534 (plus float32 rounding).
+//   glm_int8_matmul_fast(x, w int8 [N, K], scale float16 [N], threshold float32 [1]) -> y
+//   glm_int4_matmul_fast(x, w int8 [N, K/2], scale float16 [N], threshold float32 [1]) -> y
+#include <algorithm>
+#include <vector>
+
+#include "exact.h"
+
+namespace glm {
+namespace {
+
+constexpr int64_t kIntBlock = 2048;  // steps summed in int32 lanes: 2048/16 * 2*128*32767 < 2^31 for int8
+constexpr float kQMax = 32767.0f;
+
+// x as W's streams in int16 ([M][S][kp], outlier columns zero), each row's scale, and the outliers themselves.
+struct Quantized {
+  std::vector<int16_t> q;
+  std::vector<float> row_scale;  // x[m, k] ~ q[m, k] * row_scale[m]
+  std::vector<int64_t> cols;     // outlier columns, ascending
+  std::vector<float> outliers;   // [M][cols.size()]
+};
+
+std::vector<int64_t> outlier_columns(const float *x, int64_t M, int64_t K, float threshold) {
+  std::vector<int64_t> cols;
+  for (int64_t k = 0; k < K; k++)
+    for (int64_t m = 0; m < M; m++)
+      if (!(std::fabs(x[m * K + k]) <= threshold)) {  // NaN and inf count as outliers: they stay float
+        cols.push_back(k);
+        break;
+      }
+  return cols;
+}
+
+void quantize_rows(const float *x, int64_t M, int64_t K, int S, Quantized &p) {
+  std::vector<char> outlier((size_t)K, 0);
+  for (int64_t c : p.cols) outlier[c] = 1;
+  const int64_t kp = K / S, nc = (int64_t)p.cols.size();
+  p.q.assign((size_t)(M * K), 0);
+  p.row_scale.assign((size_t)M, 0.0f);
+  p.outliers.assign((size_t)(M * nc), 0.0f);
+  for (int64_t m = 0; m < M; m++) {
+    const float *row = x + m * K;
+    float amax = 0.0f;
+    for (int64_t k = 0; k < K; k++)
+      if (!outlier[k]) amax = std::max(amax, std::fabs(row[k]));
+    const float inv = amax > 0.0f ? kQMax / amax : 0.0f;
+    p.row_scale[m] = amax / kQMax;
+    for (int64_t k = 0; k < K; k++) {
+      if (outlier[k]) continue;
+      const float v = std::min(kQMax, std::max(-kQMax, std::nearbyint(row[k] * inv)));
+      p.q[m * K + (k % S) * kp + k / S] = (int16_t)v;
+    }
+    for (int64_t i = 0; i < nc; i++) p.outliers[m * nc + i] = row[p.cols[i]];
+  }
+}
+
+#if GLM_SIMD
+inline int64_t hsum_i32(__m256i v) {
+  const __m256i wide = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)),
+                                        _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1)));
+  alignas(32) int64_t lanes[4];
+  _mm256_store_si256((__m256i *)lanes, wide);
+  return lanes[0] + lanes[1] + lanes[2] + lanes[3];
+}
+#endif
+
+// out[m] = exact integer dot product of q rows m and weight row n.
+template <class W, int MR>
+void fast_tile(const W &w, const int16_t *q, int64_t ldq, int64_t kp, int64_t n, int64_t out[MR]) {
+  constexpr int S = W::S;
+  for (int m = 0; m < MR; m++) out[m] = 0;
+  int64_t j = 0;
+#if GLM_SIMD
+  constexpr int U = unroll<MR, S>();
+  const int64_t kp16 = kp - kp % 16;
+  while (j < kp16) {
+    const int64_t end = std::min(kp16, j + kIntBlock);
+    __m256i acc[U][MR][S];
+    for (int u = 0; u < U; u++)
+      for (int m = 0; m < MR; m++)
+        for (int s = 0; s < S; s++) acc[u][m][s] = _mm256_setzero_si256();
+    for (; j + 16 * U <= end; j += 16 * U) {
+      prefetch(w, n, j, 16 * U);
+      for (int u = 0; u < U; u++) {
+        __m256i wv[S];
+        w.load16(n, j + 16 * u, wv);
+        for (int m = 0; m < MR; m++)
+          for (int s = 0; s < S; s++) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(q + m * ldq + s * kp + j + 16 * u));
+            acc[u][m][s] = _mm256_add_epi32(acc[u][m][s], _mm256_madd_epi16(wv[s], xv));
+          }
+      }
+    }
+    for (; j < end; j += 16) {
+      __m256i wv[S];
+      w.load16(n, j, wv);
+      for (int m = 0; m < MR; m++)
+        for (int s = 0; s < S; s++) {
+          const __m256i xv = _mm256_loadu_si256((const __m256i *)(q + m * ldq + s * kp + j));
+          acc[0][m][s] = _mm256_add_epi32(acc[0][m][s], _mm256_madd_epi16(wv[s], xv));
+        }
+    }
+    for (int u = 0; u < U; u++)
+      for (int m = 0; m < MR; m++)
+        for (int s = 0; s < S; s++) out[m] += hsum_i32(acc[u][m][s]);
+  }
+#endif
+  for (; j < kp; j++)
+    for (int s = 0; s < S; s++) {
+      const int64_t wv = w.int_at(n, j, s);
+      for (int m = 0; m < MR; m++) out[m] += wv * q[m * ldq + s * kp + j];
+    }
+}
+
+// y rows for weight rows [nb, ne) and MR activation rows starting at row m (absolute).
+template <class W, int MR>
+void fast_rows(const W &w, const Quantized &p, int64_t m, int64_t kp, int64_t nb, int64_t ne, int64_t N,
+               const uint16_t *scale, float *y) {
+  const int64_t ldq = W::S * kp, nc = (int64_t)p.cols.size();
+  const int16_t *q = p.q.data() + m * ldq;
+  int64_t dots[MR];
+  for (int64_t n = nb; n < ne; n++) {
+    fast_tile<W, MR>(w, q, ldq, kp, n, dots);
+    for (int i = 0; i < MR; i++) {
+      const float *xo = p.outliers.data() + (m + i) * nc;
+      double sum = (double)dots[i] * p.row_scale[m + i];
+      for (int64_t c = 0; c < nc; c++) sum += (double)xo[c] * w.int_col(n, p.cols[c]);
+      y[(m + i) * N + n] = (float)sum * scale_at(scale, n);
+    }
+  }
+}
+
+template <class W>
+void fast_matmul(const W &w, const Quantized &p, int64_t M, int64_t kp, int64_t N, const uint16_t *scale, float *y) {
+  const int64_t chunks = (N + kChunk - 1) / kChunk;
+  for (int64_t m0 = 0; m0 < M; m0 += kRowBlock) {
+    const int64_t mb = std::min(kRowBlock, M - m0);
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < chunks; c++) {
+      const int64_t nb = c * kChunk, ne = std::min(N, nb + kChunk);
+      int64_t m = m0;
+      for (; m + 4 <= m0 + mb; m += 4) fast_rows<W, 4>(w, p, m, kp, nb, ne, N, scale, y);
+      switch (m0 + mb - m) {
+        case 3: fast_rows<W, 3>(w, p, m, kp, nb, ne, N, scale, y); break;
+        case 2: fast_rows<W, 2>(w, p, m, kp, nb, ne, N, scale, y); break;
+        case 1: fast_rows<W, 1>(w, p, m, kp, nb, ne, N, scale, y); break;
+        default: break;
+      }
+    }
+  }
+}
+
+// Shared checks and dispatch: more than a quarter of the columns being outliers leaves nothing to gain, so such
+// inputs take the exact path.
+template <class W>
+int fast_entry(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  const Call c{nparam, params, ndims, shapes, dtypes};
+  if (nparam != 5) return kBadArity;
+  if (!c.dtype_is(0, "float32") || !c.dtype_is(1, "int8") || !c.dtype_is(2, "float16") ||
+      !c.dtype_is(3, "float32") || !c.dtype_is(4, "float32"))
+    return kBadDtype;
+  if (c.ndims[0] < 1 || c.ndims[1] != 2 || c.ndims[2] != 1 || c.ndims[4] != c.ndims[0]) return kBadShape;
+  const int64_t K = c.last(0), M = c.leading(0), N = c.dim(1, 0);
+  if (c.dim(1, 1) * W::S != K || c.dim(2, 0) != N || c.last(4) != N || c.leading(4) != M || c.leading(3) * c.last(3) != 1)
+    return kBadShape;
+  const float *x = (const float *)params[0];
+  const int8_t *wq = (const int8_t *)params[1];
+  const uint16_t *scale = (const uint16_t *)params[2];
+  const float threshold = *(const float *)params[3];
+  float *y = (float *)params[4];
+  const W w{wq, K / W::S};
+  Quantized p;
+  p.cols = outlier_columns(x, M, K, threshold);
+  if ((int64_t)p.cols.size() * 4 > K) {
+    if (W::S == 1) exact_int8(x, wq, scale, M, K, N, y);
+    else exact_int4(x, wq, scale, M, K, N, y);
+    return kOk;
+  }
+  quantize_rows(x, M, K, W::S, p);
+  fast_matmul(w, p, M, K / W::S, N, scale, y);
+  return kOk;
+}
+
+}  // namespace
+}  // namespace glm
+
+extern "C" int glm_int8_matmul_fast(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                    void *, void *) {
+  return glm::fast_entry<glm::Int8Rows>(nparam, params, ndims, shapes, dtypes);
+}
+
+extern "C" int glm_int4_matmul_fast(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                    void *, void *) {
+  return glm::fast_entry<glm::Int4Rows>(nparam, params, ndims, shapes, dtypes);
+}

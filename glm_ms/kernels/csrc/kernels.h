@@ -1,0 +1,158 @@
+// Shared pieces of glm_ms's CPU kernels: argument checks for MindSpore's AOT calling convention, the weight
+// formats ("decoders") the matmul templates are written against, and the tile sizes.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define GLM_SIMD 1
+#include <immintrin.h>
+#else
+#define GLM_SIMD 0
+#endif
+
+namespace glm {
+
+// Return codes (MindSpore raises on anything but 0; the Python side checks everything first, these are a net).
+constexpr int kOk = 0;
+constexpr int kBadArity = 1;
+constexpr int kBadDtype = 2;
+constexpr int kBadShape = 3;
+
+constexpr int64_t kRowBlock = 16;  // rows of x sharing one pass over the weights
+constexpr int64_t kChunk = 8;      // weight rows per OpenMP work item
+
+// One MindSpore AOT call: inputs then outputs in params, with their ranks, shapes and dtype names.
+struct Call {
+  int nparam;
+  void **params;
+  int *ndims;
+  int64_t **shapes;
+  const char **dtypes;
+
+  bool dtype_is(int i, const char *name) const { return std::strcmp(dtypes[i], name) == 0; }
+  int64_t dim(int i, int d) const { return shapes[i][d]; }
+  int64_t last(int i) const { return shapes[i][ndims[i] - 1]; }
+  int64_t leading(int i) const {  // product of every dimension but the last
+    int64_t n = 1;
+    for (int d = 0; d + 1 < ndims[i]; d++) n *= shapes[i][d];
+    return n;
+  }
+};
+
+// IEEE binary16 -> binary32 without F16C (the portable build).
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1Fu;
+  uint32_t mant = h & 0x3FFu;
+  uint32_t bits;
+  if (exp == 0x1Fu) {
+    bits = sign | 0x7F800000u | (mant << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112u) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;
+  } else {  // subnormal half: normalise
+    uint32_t e = 113u;
+    while ((mant & 0x400u) == 0) {
+      mant <<= 1;
+      e--;
+    }
+    bits = sign | (e << 23) | ((mant & 0x3FFu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// Weight formats. A row of W is read in "streams": S = 1 for int8 and float16 (stream 0 = columns 0..K-1);
+// S = 2 for int4, whose byte j holds column 2j (high nibble) and 2j+1 (low nibble): stream 0 = even columns,
+// stream 1 = odd columns, matched by activations split the same way, so no nibble is ever shuffled.
+struct Int8Rows {
+  static constexpr int S = 1;
+  const int8_t *w;
+  int64_t row;  // bytes per row (= K)
+  const void *address(int64_t n, int64_t j) const { return w + n * row + j; }
+  static constexpr int64_t bytes(int64_t steps) { return steps; }
+  float at(int64_t n, int64_t j, int) const { return (float)w[n * row + j]; }
+  int32_t int_at(int64_t n, int64_t j, int) const { return w[n * row + j]; }
+  int32_t int_col(int64_t n, int64_t k) const { return w[n * row + k]; }
+#if GLM_SIMD
+  void load8(int64_t n, int64_t j, __m256 *out) const {
+    const __m128i b = _mm_loadl_epi64((const __m128i *)(w + n * row + j));
+    out[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+  }
+  void load16(int64_t n, int64_t j, __m256i *out) const {
+    out[0] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + n * row + j)));
+  }
+#endif
+};
+
+struct Int4Rows {
+  static constexpr int S = 2;
+  const int8_t *w;
+  int64_t row;  // bytes per row (= K / 2)
+  const void *address(int64_t n, int64_t j) const { return w + n * row + j; }
+  static constexpr int64_t bytes(int64_t steps) { return steps; }
+  static int32_t hi(int8_t b) { return b >> 4; }                              // arithmetic shift
+  static int32_t lo(int8_t b) { return (int8_t)((uint8_t)b << 4) >> 4; }
+  float at(int64_t n, int64_t j, int s) const { return (float)int_at(n, j, s); }
+  int32_t int_at(int64_t n, int64_t j, int s) const {
+    const int8_t b = w[n * row + j];
+    return s == 0 ? hi(b) : lo(b);
+  }
+  int32_t int_col(int64_t n, int64_t k) const { return int_at(n, k >> 1, (int)(k & 1)); }
+#if GLM_SIMD
+  void load8(int64_t n, int64_t j, __m256 *out) const {
+    const __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w + n * row + j)));
+    out[0] = _mm256_cvtepi32_ps(_mm256_srai_epi32(v, 4));
+    out[1] = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v, 28), 28));
+  }
+  void load16(int64_t n, int64_t j, __m256i *out) const {
+    const __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + n * row + j)));
+    out[0] = _mm256_srai_epi16(v, 4);
+    out[1] = _mm256_srai_epi16(_mm256_slli_epi16(v, 12), 12);
+  }
+#endif
+};
+
+struct HalfRows {
+  static constexpr int S = 1;
+  const uint16_t *w;
+  int64_t row;  // elements per row (= K)
+  const void *address(int64_t n, int64_t j) const { return w + n * row + j; }
+  static constexpr int64_t bytes(int64_t steps) { return 2 * steps; }
+  float at(int64_t n, int64_t j, int) const { return half_to_float(w[n * row + j]); }
+#if GLM_SIMD
+  void load8(int64_t n, int64_t j, __m256 *out) const {
+    out[0] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + n * row + j)));
+  }
+#endif
+};
+
+// Weight rows are read one at a time, front to back, so each thread streams through memory in order (several
+// rows side by side defeat the hardware prefetcher: each row is only a page or two long). Independent
+// accumulators come from unrolling along K instead: U steps of 8 (or 16) per iteration, MR * S * U <= 8 of them.
+template <int MR, int S>
+constexpr int unroll() {
+  return MR * S >= 8 ? 1 : 8 / (MR * S);
+}
+
+constexpr int64_t kPrefetchBytes = 4096;  // how far ahead of the loads a row is prefetched (measured best: 2-8 KiB)
+
+template <class W>
+inline void prefetch(const W &w, int64_t n, int64_t j, int64_t steps) {
+#if GLM_SIMD
+  const char *p = (const char *)w.address(n, j) + kPrefetchBytes;
+  for (int64_t b = 0; b < W::bytes(steps); b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+#else
+  (void)w, (void)n, (void)j, (void)steps;
+#endif
+}
+
+// Scale of row n as float32 (float16 storage).
+inline float scale_at(const uint16_t *scale, int64_t n) { return half_to_float(scale[n]); }
+
+}  // namespace glm

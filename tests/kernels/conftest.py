@@ -1,0 +1,65 @@
+"""Shared by the kernel tests: the kernel libraries (built once per session, or found in the cache), random
+quantized weights, their float64 reference, and a reader for the torch checkpoints of the fixtures."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from glm_ms.kernels import build_library, dequantize_rows, quantize_rows
+
+
+def load_torch(path) -> dict[str, np.ndarray]:
+    """glm_ms's own safe torch-checkpoint reader, wherever the restructuring puts it."""
+    try:
+        from glm_ms.convert.readers.torch_zip import load_torch_file
+    except ImportError:
+        from glm_ms.convert.torch_reader import load_torch_file
+    return load_torch_file(path)
+
+
+@pytest.fixture(scope="session")
+def simd_library():
+    """The library this CPU gets (AVX2/FMA/F16C here)."""
+    return build_library()
+
+
+@pytest.fixture(scope="session")
+def portable_library():
+    """The scalar fallback build, for CPUs without AVX2/FMA/F16C."""
+    return build_library(simd=False)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One random weight in each stored form, and float64 references of what the kernels must compute."""
+    half: np.ndarray  # float16 [N, K]
+    int8: np.ndarray
+    scale8: np.ndarray
+    int4: np.ndarray | None  # packed [N, K/2]; None for an odd K
+    scale4: np.ndarray | None
+
+    def stored(self, kind: str) -> tuple[np.ndarray, ...]:
+        """The kernel's weight inputs for kind "int8" | "int4" | "half"."""
+        return {"int8": (self.int8, self.scale8), "int4": (self.int4, self.scale4), "half": (self.half,)}[kind]
+
+    def dense(self, kind: str) -> np.ndarray:
+        """The dequantized weight of `kind` in float64."""
+        if kind == "half":
+            return self.half.astype(np.float64)
+        bits = 8 if kind == "int8" else 4
+        return dequantize_rows(*self.stored(kind), bits).astype(np.float64)
+
+    def reference(self, x: np.ndarray, kind: str) -> np.ndarray:
+        """x . W^T in float64."""
+        return np.asarray(x, np.float64) @ self.dense(kind).T
+
+
+def random_weights(n: int, k: int, seed: int = 0) -> Weights:
+    """A float16 weight [n, k] (k even for int4) quantized both ways."""
+    rng = np.random.default_rng(seed)
+    half = (rng.standard_normal((n, k)) * 0.05).astype(np.float16)
+    q8 = quantize_rows(half, 8)
+    q4 = quantize_rows(half, 4) if k % 2 == 0 else (None, None)  # int4 needs an even K
+    return Weights(half, q8.weight, q8.scale, q4[0], q4[1])
