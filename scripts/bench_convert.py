@@ -31,7 +31,7 @@ MB = 1 << 20
 
 CHILD = r"""
 import json, resource, sys, time
-from glm_ms.convert.convert import convert_checkpoint
+from glm_ms.convert.driver import convert_checkpoint
 import safetensors, tqdm.auto  # everything the conversion imports, before the baseline is taken
 def rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB

@@ -23,7 +23,7 @@ import numpy as np
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
-from tests.torchfile import PickleBuilder, _aligned_info  # noqa: E402  (the torch-format writer the tests use)
+from tests.torchfile import PickleBuilder, aligned_info  # noqa: E402  (the torch-format writer the tests use)
 
 MANIFEST = os.path.join(ROOT, "tests", "fixtures", "chatglm-6b-real-manifest")
 TOKENIZER = os.path.join(ROOT, "tests", "fixtures", "tiny-chatglm-6b", "ice_text.model")
@@ -83,15 +83,15 @@ def write_shard(path, names, config, seed, std):
     with zipfile.ZipFile(path + ".tmp", "w", zipfile.ZIP_STORED) as zf:
         for entry, data in (("data.pkl", pkl.stop()), (".format_version", b"1"), (".storage_alignment", b"64"),
                             ("byteorder", b"little")):
-            zf.writestr(_aligned_info(zf, f"{archive}/{entry}"), data)
+            zf.writestr(aligned_info(zf, f"{archive}/{entry}"), data)
         for key, (name, shape) in enumerate(zip(names, shapes)):
-            info = _aligned_info(zf, f"{archive}/data/{key}")
+            info = aligned_info(zf, f"{archive}/data/{key}")
             info.file_size = int(np.prod(shape)) * 2
             with zf.open(info, "w") as out:
                 for chunk in tensor_chunks(name, shape, seed, std):
                     out.write(chunk)
-        zf.writestr(_aligned_info(zf, f"{archive}/version"), b"3\n")
-        zf.writestr(_aligned_info(zf, f"{archive}/.data/serialization_id"), b"0" * 40)
+        zf.writestr(aligned_info(zf, f"{archive}/version"), b"3\n")
+        zf.writestr(aligned_info(zf, f"{archive}/.data/serialization_id"), b"0" * 40)
     os.replace(path + ".tmp", path)
 
 

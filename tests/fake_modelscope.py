@@ -32,7 +32,11 @@ Usage::
   - listing (``path=LISTING``): ``status`` (``code``, ``retry_after``), ``stall`` (``seconds``,
     before any header), ``files_null``, ``not_json``, ``extra_entries`` (``paths``: extra blob
     entries, e.g. ``"../x"``, ``"/etc/x"``, ``"a/../../x"``, ``"a\\..\\x"``, whose download
-    serves ``content``, default ``b"pwned\\n"`` -- a client that fetched them would write them);
+    serves ``content``, default ``b"pwned\\n"`` -- a client that fetched them would write them),
+    ``endless`` (a JSON-looking body that never ends, sent as fast as the client reads),
+    ``trickle`` (a body that never ends, one byte every ``interval`` seconds, default 0.05),
+    ``gzip_bomb`` (``Content-Encoding: gzip`` although identity was asked: ~250 KB that inflate to
+    ``expanded`` bytes, default 256 MiB), ``gzip`` (the true listing, gzip-encoded as two gzip members);
   - listing entry of a file: ``wrong_sha256``, ``wrong_size`` (``delta``, default +1),
     ``missing_sha256``;
   - first hop of a download (the ``/repo`` endpoint): ``status`` (``code`` e.g. 404, 429, 500,
@@ -52,11 +56,14 @@ shuts the server down and closes its socket.
 from __future__ import annotations
 
 import contextlib
+import functools
+import gzip
 import hashlib
 import json
 import os
 import threading
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -65,7 +72,9 @@ from urllib.parse import parse_qs, urlsplit
 
 LISTING = "<listing>"
 
-_LISTING_FAULTS = {"status", "stall", "files_null", "not_json", "extra_entries"}
+_LISTING_FAULTS = {"status", "stall", "files_null", "not_json", "extra_entries", "endless", "trickle", "gzip_bomb",
+                   "gzip"}
+_HOSTILE_BODIES = {"endless", "trickle", "gzip_bomb"}
 _ENTRY_FAULTS = {"wrong_sha256", "wrong_size", "missing_sha256"}
 _HOP_FAULTS = {"status"}
 _BODY_FAULTS = {"cut", "stall", "ignore_range", "wrong_content_range", "empty_body", "corrupt"}
@@ -96,6 +105,8 @@ class Faults:
         known = _LISTING_FAULTS if path == LISTING else _ENTRY_FAULTS | _HOP_FAULTS | _BODY_FAULTS
         if kind not in known:
             raise ValueError(f"unknown fault kind {kind!r} for {path!r}")
+        if kind == "gzip_bomb":  # built now, so that serving it takes no longer than any answer
+            params["body"] = _gzip_bomb(int(params.get("expanded", 256 << 20)))
         fault = Fault(path, kind, times, repo, dict(params))
         with self._lock:
             self._faults.append(fault)
@@ -273,6 +284,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.hub.stop.wait(seconds)
         self.close_connection = True
 
+    def handle_one_request(self):
+        try:
+            super().handle_one_request()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True  # the client went away or idled past the handler timeout: no traceback
+
     # -- routing -----------------------------------------------------------------------------
     def do_GET(self):  # noqa: N802 - http.server naming
         parts = urlsplit(self.path)
@@ -302,7 +319,10 @@ class _Handler(BaseHTTPRequestHandler):
         hub = self.hub
         revision = query.get("Revision", "master")
         self.rec.kind, self.rec.repo, self.rec.revision = "list", repo, revision
-        fault = hub.faults.take(repo, LISTING, {"status", "stall", "files_null", "not_json"})
+        fault = hub.faults.take(repo, LISTING, {"status", "stall", "files_null", "not_json", "gzip",
+                                                *_HOSTILE_BODIES})
+        if fault is not None and fault.kind in _HOSTILE_BODIES:
+            return self._hostile_body(fault)
         if fault is not None and fault.kind == "status":
             return self._status_fault(fault)
         if fault is not None and fault.kind == "stall":
@@ -344,7 +364,36 @@ class _Handler(BaseHTTPRequestHandler):
                                 "Size": len(content),
                                 "Sha256": hashlib.sha256(content).hexdigest(),
                                 "IsLFS": False, "Revision": commit})
-        self._json(200, dict(envelope, Data={"Files": entries, "IsVisual": 0}))
+        payload = dict(envelope, Data={"Files": entries, "IsVisual": 0})
+        if fault is not None and fault.kind == "gzip":
+            raw = json.dumps(payload).encode("utf-8")
+            half = len(raw) // 2
+            body = gzip.compress(raw[:half]) + gzip.compress(raw[half:])  # a gzip body may hold several members
+            return self._send(200, body, {"Content-Encoding": "gzip"})
+        self._json(200, payload)
+
+    def _hostile_body(self, fault) -> None:
+        """A 200 listing whose body never ends, or inflates far beyond its size."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if fault.kind == "gzip_bomb":
+            body = fault.params["body"]
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_header("Connection", "close")  # no length: the body ends when the connection does
+        self.end_headers()
+        self.close_connection = True
+        self.wfile.write(b'{"Code": 200, "Success": true, "Data": {"Files": [')
+        filler = b" " * (1 << 16) if fault.kind == "endless" else b" "
+        interval = 0.0 if fault.kind == "endless" else float(fault.params.get("interval", 0.05))
+        while not self.hub.stop.is_set():
+            self.wfile.write(filler)
+            self.wfile.flush()
+            if interval:
+                self.hub.stop.wait(interval)
 
     def _content(self, repo: str, revision: str, path: str) -> Optional[bytes]:
         hub = self.hub
@@ -433,6 +482,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         for i in range(0, len(body), 1 << 16):
             self.wfile.write(body[i:i + (1 << 16)])
+
+
+@functools.lru_cache(maxsize=None)
+def _gzip_bomb(expanded: int) -> bytes:
+    """A gzip member of a JSON listing's start followed by `expanded` bytes of spaces."""
+    packer = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [packer.compress(b'{"Code": 200, "Success": true, "Data": {"Files": [')]
+    chunk = b" " * (1 << 20)
+    for _ in range(expanded // len(chunk)):
+        parts.append(packer.compress(chunk))
+    parts.append(packer.flush())
+    return b"".join(parts)
 
 
 def _parse_range(header: Optional[str], size: int):

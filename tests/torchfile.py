@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PickleBuilder", "StridedView", "BFloat16", "save_torch_file", "write_torch_zip",
+__all__ = ["PickleBuilder", "StridedView", "BFloat16", "aligned_info", "save_torch_file", "write_torch_zip",
            "save_torch_checkpoint"]
 
 _STORAGE_NAMES = {
@@ -189,9 +189,9 @@ class PickleBuilder:
         return self.tuple_().reduce()
 
 
-def _aligned_info(zf: zipfile.ZipFile, name: str, alignment: int = 64) -> zipfile.ZipInfo:
-    # torch pads each local header with an extra field ("FB" + zeros) so that data starts on a
-    # 64-byte boundary, which lets it mmap storages.
+def aligned_info(zf: zipfile.ZipFile, name: str, alignment: int = 64) -> zipfile.ZipInfo:
+    """A stored member whose data starts on a 64-byte boundary, as torch writes them (so it can mmap storages)."""
+    # torch pads each local header with an extra field ("FB" + zeros).
     info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
     info.compress_type = zipfile.ZIP_STORED
     start = zf.fp.tell() + 30 + len(name.encode("utf-8")) + 4
@@ -200,15 +200,26 @@ def _aligned_info(zf: zipfile.ZipFile, name: str, alignment: int = 64) -> zipfil
     return info
 
 
-def write_torch_zip(path, data_pkl: bytes, storages: dict[str, bytes], archive_name: str = "archive") -> None:
-    """Write a torch zip checkpoint from a ready `data.pkl` and raw storage bytes keyed like 'data/<key>'."""
+def write_torch_zip(path, data_pkl: bytes, storages: dict[str, bytes], archive_name: str = "archive", *,
+                    deflate: tuple[str, ...] = (), claimed_sizes: dict[str, int] | None = None) -> None:
+    """Write a torch zip checkpoint from a ready `data.pkl` and raw storage bytes keyed like 'data/<key>'.
+
+    For crafted files: storages named in `deflate` are stored compressed (torch never does), and
+    `claimed_sizes` makes the central directory claim other sizes for some storages than they hold.
+    """
     entries = [("data.pkl", data_pkl), (".format_version", b"1"), (".storage_alignment", b"64"),
                ("byteorder", b"little")]
     entries += [(f"data/{key}", data) for key, data in storages.items()]
     entries += [("version", b"3\n"), (".data/serialization_id", b"0" * 40)]
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, data in entries:
-            zf.writestr(_aligned_info(zf, f"{archive_name}/{name}"), data)
+            info = aligned_info(zf, f"{archive_name}/{name}")
+            if name.startswith("data/") and name[5:] in deflate:
+                info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, data)
+        for key, size in (claimed_sizes or {}).items():
+            info = zf.getinfo(f"{archive_name}/data/{key}")
+            info.file_size = info.compress_size = size  # written into the central directory at close
 
 
 def _storage_name(dtype: np.dtype) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 EPILOG = """\
 examples:
@@ -54,7 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def _convert(args: argparse.Namespace, progress: bool) -> Path:
+    from .driver import convert_checkpoint
+
+    if args.src:
+        return convert_checkpoint(args.src, args.out, dtype=args.dtype, overwrite=args.overwrite, progress=progress)
+    from ..hub.modelscope import resolve_endpoint, snapshot_download
+
+    revision = args.revision or "master"
+    snapshot = snapshot_download(args.model_id, revision=revision, cache_dir=args.cache_dir, endpoint=args.endpoint,
+                                 progress=progress)
+    return convert_checkpoint(snapshot, args.out, dtype=args.dtype, overwrite=args.overwrite, progress=progress,
+                              source={"model_id": args.model_id, "revision": revision,
+                                      "endpoint": resolve_endpoint(args.endpoint)})
+
+
+def main(argv: list[str] | None = None) -> int:
     """Run the converter; returns 0 on success, 1 on an expected error (one line on stderr), 2 on bad usage."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -65,34 +81,20 @@ def main(argv=None) -> int:
                                           ("--cache-dir", args.cache_dir), ("--endpoint", args.endpoint)) if value]
         if stray:
             parser.error(f"{', '.join(stray)} apply to --model-id, not --src")
-    revision = args.revision or "master"
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
-    progress = args.progress and not args.quiet
-
-    from .convert import convert_checkpoint, read_manifest
-    from .errors import CheckpointError
-    from .modelscope import ModelScopeError
+    from ..errors import GlmMsError
+    from .converted import read_manifest
 
     try:
-        if args.src:
-            out = convert_checkpoint(args.src, args.out, dtype=args.dtype, overwrite=args.overwrite,
-                                     progress=progress)
-        else:
-            from .modelscope import resolve_endpoint, snapshot_download
-            snapshot = snapshot_download(args.model_id, revision=revision, cache_dir=args.cache_dir,
-                                         endpoint=args.endpoint, progress=progress)
-            out = convert_checkpoint(snapshot, args.out, dtype=args.dtype, overwrite=args.overwrite,
-                                     progress=progress,
-                                     source={"model_id": args.model_id, "revision": revision,
-                                             "endpoint": resolve_endpoint(args.endpoint)})
-    except (CheckpointError, ModelScopeError, OSError, ValueError) as exc:
+        out = _convert(args, args.progress and not args.quiet)
+        manifest = read_manifest(out)
+    except (GlmMsError, OSError) as exc:
         # Expected failures (bad or missing files, mirror errors, disk full): one clear line, no traceback.
         print(f"glm-ms-convert: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("glm-ms-convert: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    manifest = read_manifest(out)
     if not args.quiet:
         shards = sum(1 for name in manifest["files"] if name.endswith(".safetensors"))
         print(f"{out}: {shards} shard(s), {manifest['dtype']}, family {manifest['family']}")

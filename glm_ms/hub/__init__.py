@@ -1,1 +1,1 @@
-"""The ModelScope client and `resolve` (model id or path → local folder) — no MindSpore."""
+"""The ModelScope client (`modelscope`) and `resolve` (a folder or model id → weights to load) — no MindSpore."""

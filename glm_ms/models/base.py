@@ -18,7 +18,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn
 
 from ..device import default_dtype, select_device
-from ..errors import ConfigError, GenerationError, WeightError
+from ..errors import ConfigError, GenerationError, UnknownTensorError, WeightError
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class CausalLM(nn.Cell):
         for name, array in named_tensors:
             try:
                 target = map_name(name)
-            except KeyError as err:  # the name table's UnknownTensorError is a KeyError
+            except UnknownTensorError as err:
                 raise WeightError(f"{source}: {err}") from None
             if target is None:
                 continue

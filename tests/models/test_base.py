@@ -7,7 +7,7 @@ import time
 import pytest
 
 from glm_ms import ChatGLM2ForConditionalGeneration, ChatGLMConfig, ChatGLMForConditionalGeneration
-from glm_ms.convert.errors import CheckpointError  # glm_ms.errors.CheckpointError once the readers raise it
+from glm_ms.errors import CheckpointError
 from glm_ms.errors import ConfigError, WeightError
 from glm_ms.models.base import resolve_dtype
 from glm_ms.models.chatglm2 import ChatGLM2CausalLM

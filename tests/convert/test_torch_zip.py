@@ -1,4 +1,4 @@
-"""The restricted torch-zip reader: real fixture shards, round trips, hostile and broken files."""
+"""The torch-zip reader: real fixture shards, round trips, hostile pickles, broken and crafted files."""
 import json
 import os
 import pickle
@@ -11,12 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from glm_ms.convert.errors import CheckpointError
-from glm_ms.convert.torch_reader import load_torch_file
-from tests.torchfile import (BFloat16, PickleBuilder, StridedView, save_torch_file,
-                             write_torch_zip)
-
-TINY = Path(__file__).parent / "fixtures" / "tiny-chatglm-6b"
+from glm_ms.errors import CheckpointError
+from tests.convert.upstream import FIXTURE as TINY
+from tests.convert.upstream import read_torch_file as load_torch_file
+from tests.torchfile import BFloat16, PickleBuilder, StridedView, save_torch_file, write_torch_zip
 
 
 def _index():
@@ -340,3 +338,69 @@ def test_not_a_flat_state_dict(tmp_path):
     write_torch_zip(path, PickleBuilder(2).int_(5).stop(), {})
     with pytest.raises(CheckpointError, match="mapping of names to tensors"):
         load_torch_file(path)
+
+
+# --- crafted files: a small file must never cost much more than its size -----------------------------------
+
+
+def _view_of(tmp_path, numel, shape, *, data=None, deflate=(), claimed=None, stride=None):
+    """One float32 tensor `w` of `shape` viewing storage 0 of `numel` elements."""
+    b = PickleBuilder(2).ordered_dict().mark().str_("w")
+    strides = stride or tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape)))
+    b.rebuild_tensor_v2("FloatStorage", "0", numel, 0, shape, strides).setitems()
+    path = tmp_path / "crafted.bin"
+    write_torch_zip(path, b.stop(), {"0": data if data is not None else b"\0" * (4 * numel)}, deflate=deflate,
+                    claimed_sizes=claimed)
+    return path
+
+
+def _peak_bytes(fn):
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("deflate", [True, False])
+def test_small_view_of_a_huge_storage_is_refused_unread(tmp_path, deflate):
+    numel = 16 << 20  # 64 MB of zeros: deflated, the file holds ~64 KB of it
+    path = _view_of(tmp_path, numel, (64,), deflate=("0",) if deflate else ())
+    assert path.stat().st_size < (1 << 20) if deflate else path.stat().st_size > 4 * numel
+    match = "is compressed; torch never writes compressed members" if deflate else "far larger than its views"
+
+    def read():
+        with pytest.raises(CheckpointError, match=match):
+            load_torch_file(path)
+    assert _peak_bytes(read) < 4 << 20  # nothing of the storage was inflated or read
+
+
+def test_compressed_member_is_refused_even_when_small(tmp_path):
+    path = _view_of(tmp_path, 4, (4,), data=np.arange(4, dtype=np.float32).tobytes(), deflate=("0",))
+    with pytest.raises(CheckpointError, match=r"crafted\.bin: archive/data/0 is compressed"):
+        load_torch_file(path)
+
+
+def test_storage_claiming_a_tebibyte_is_a_clean_error(tmp_path):
+    numel = 1 << 38  # x 4 bytes = 1 TiB, claimed by the pickle and the zip directory, 16 bytes in the file
+    path = _view_of(tmp_path, numel, (numel,), data=b"\0" * 16, claimed={"0": 4 * numel})
+    with pytest.raises(CheckpointError, match=r"archive/data/0 claims 1099511627776 bytes, more than the file"):
+        load_torch_file(path)
+
+
+@pytest.mark.parametrize("shape, stride", [((1,), (2 ** 70,)), ((2, 1), (1, 2 ** 70)), ((2 ** 50,), (1,))])
+def test_absurd_sizes_and_strides_are_checkpoint_errors(tmp_path, shape, stride):
+    path = _view_of(tmp_path, 4, shape, data=b"\0" * 16, stride=stride)
+    with pytest.raises(CheckpointError, match="bad tensor size"):
+        load_torch_file(path)
+
+
+def test_legitimate_slack_in_a_storage_is_accepted(tmp_path):
+    # torch saves a sliced tensor's whole storage: a view using half of it reads fine.
+    storage = np.arange(64, dtype=np.float32)
+    path = tmp_path / "half.bin"
+    save_torch_file(path, {"w": StridedView(storage, 0, (4, 8), (8, 1))})
+    np.testing.assert_array_equal(load_torch_file(path)["w"], storage[:32].reshape(4, 8))

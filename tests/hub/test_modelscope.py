@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from glm_ms.convert import modelscope as ms
-from glm_ms.convert.modelscope import (
+from glm_ms.hub import http
+from glm_ms.hub import modelscope as ms
+from glm_ms.hub.modelscope import (
     INCOMPLETE_SUFFIX,
     SNAPSHOT_MANIFEST,
     EntryNotFoundError,
@@ -26,8 +27,11 @@ from glm_ms.convert.modelscope import (
     snapshot_path,
 )
 from tests.fake_modelscope import LISTING, serve
+from tests.support import FAMILY_FOLDERS
 
-FIXTURE = Path(__file__).parent / "fixtures" / "tiny-chatglm-6b"
+pytestmark = pytest.mark.server  # every test here talks to a fake mirror on 127.0.0.1 (or a dead port)
+
+FIXTURE = FAMILY_FOLDERS["chatglm-6b"]
 MODEL = "ZhipuAI/ChatGLM-6B"
 SHARD = "pytorch_model-00001-of-00003.bin"  # 385852 bytes: served through a 302 redirect
 SMALL = "config.json"  # served directly by the /repo endpoint
@@ -42,7 +46,7 @@ MALICIOUS = ["../x", "/etc/x", "a/../../x", "a\\..\\x"]
 def sleeps(monkeypatch):
     """Record back-off delays instead of sleeping (fast suite, checkable delays)."""
     delays = []
-    monkeypatch.setattr(ms, "_sleep", delays.append)
+    monkeypatch.setattr(http, "sleep", delays.append)
     monkeypatch.delenv("MODELSCOPE_ENDPOINT", raising=False)
     monkeypatch.delenv("GLM_MS_CACHE", raising=False)
     return delays
@@ -313,12 +317,13 @@ def test_body_cut_off_mid_file_is_resumed(hub, cache, tmp_path):
     hub.faults.add(SMALL, "cut")
     folder = fetch(hub, cache)
     assert snapshot_files(folder) == source_files()
-    # The read that hit the cut loses its buffer: the resume starts at the last whole chunk.
-    kept = (size - 1000) // ms._CHUNK * ms._CHUNK
-    assert kept > 0
+    # Every byte that arrived before the cut is kept (bodies are read undecoded, short reads included): the
+    # resume starts exactly where the cut was.
+    kept = size - 1000
     assert ranges(hub, SHARD) == [None, None, f"bytes={kept}-", f"bytes={kept}-"]
     assert hub.count(file=SHARD, status=206) == 1
-    assert ranges(hub, SMALL) == [None, None]  # cut inside the first chunk: nothing kept
+    small = (FIXTURE / SMALL).stat().st_size  # cut at half by default: the other half is fetched
+    assert ranges(hub, SMALL) == [None, f"bytes={small // 2}-"]
     assert_safe(tmp_path, cache, folder)
 
 
@@ -389,7 +394,7 @@ def test_stall_past_read_timeout_is_resumed(hub, cache, tmp_path):
     hub.faults.add(SMALL, "stall", at=0, seconds=3)
     folder = fetch(hub, cache, timeout=(2.0, 0.3))
     assert snapshot_files(folder) == source_files()
-    kept = (size - 1000) // ms._CHUNK * ms._CHUNK
+    kept = size - 1000  # every byte that arrived before the stall is kept: the resume starts there
     assert ranges(hub, SHARD) == [None, None, f"bytes={kept}-", f"bytes={kept}-"]
     assert hub.count(kind="list") == 2 and hub.count(kind="download", file=SMALL) == 2
     assert_safe(tmp_path, cache, folder)
@@ -557,3 +562,77 @@ def test_concurrent_calls_download_each_file_once(hub, cache):
     assert errors == [] and len(set(results)) == 1
     assert snapshot_files(results[0]) == source_files()
     assert hub.count(kind="list") == 1 and hub.count(kind="download") == len(source_files())
+
+
+# ------------------------------------------------------------------------------------------------
+# hostile listings: bounded time, bounded memory, a clear error
+
+
+def _peak_bytes(fn):
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("kind", ["endless", "gzip_bomb"])
+def test_oversized_listing_ends_fast_with_a_clear_error(hub, cache, kind):
+    import time
+
+    hub.faults.add(LISTING, kind, times=None)
+    start = time.monotonic()
+
+    def fetch_it():
+        with pytest.raises(ModelScopeError, match=r"listing at .* is larger than 32 MB; refusing it"):
+            fetch(hub, cache)
+    peak = _peak_bytes(fetch_it)
+    assert time.monotonic() - start < 30  # a generous hang bound: the old client never returned
+    assert peak < 3 * ms.MAX_LISTING_BYTES  # not the 256 MB the bomb inflates to
+    assert hub.count(kind="list") == 1  # refused, not retried
+    assert hub.count(kind="download") == 0
+
+
+def test_listing_that_trickles_forever_hits_the_overall_deadline(hub, cache):
+    import time
+
+    hub.faults.add(LISTING, "trickle", times=None, interval=0.05)
+    start = time.monotonic()
+    with pytest.raises(ModelScopeError, match=r"did not arrive within 1 s"):
+        fetch(hub, cache, listing_timeout=1.0)  # each byte comes well within the 0.5 s read timeout
+    assert time.monotonic() - start < 15
+    assert hub.count(kind="download") == 0
+
+
+def test_identity_is_asked_for_the_listing_and_downloads(hub, cache):
+    fetch(hub, cache)
+    assert {r.header("Accept-Encoding") for r in hub.requests} == {"identity"}
+
+
+def test_a_gzip_listing_within_bounds_is_read(hub, cache):
+    hub.faults.add(LISTING, "gzip")
+    folder = fetch(hub, cache)
+    assert snapshot_files(folder) == source_files()
+    assert hub.count(kind="list") == 1
+
+
+@pytest.mark.parametrize("paths", [["a", "a/b"], ["x/y", "x/y/z"]])
+def test_listing_with_a_path_both_file_and_folder_is_refused(hub, cache, tmp_path, paths):
+    hub.faults.add(LISTING, "extra_entries", paths=paths)
+    with pytest.raises(UnsafePathError, match=rf"{paths[0]!r} both as a file and as a folder"):
+        fetch(hub, cache)
+    assert hub.count(kind="download") == 0
+
+
+def test_a_planted_partial_symlink_is_not_written_through(hub, cache, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    folder = snapshot_path(MODEL, cache_dir=cache)
+    folder.mkdir(parents=True)
+    (folder / (SMALL + INCOMPLETE_SUFFIX)).symlink_to(outside / "victim")
+    with pytest.raises(UnsafePathError, match="outside"):
+        fetch(hub, cache, allow_patterns=[SMALL])
+    assert list(outside.iterdir()) == []

@@ -17,36 +17,43 @@ Guarantees, whatever the mirror answers:
   answer is ``206`` whose ``Content-Range`` starts exactly where the partial file ends;
 * after a complete, verified snapshot a ``.glm_ms_snapshot.json`` is written, and later calls for
   the same model id and revision make no HTTP request at all (``force=True`` re-lists and
-  re-hashes). Files touched since are re-hashed offline before being trusted again.
+  re-hashes). Files touched since are re-hashed offline before being trusted again;
+* every remote body is bounded: the listing by ``MAX_LISTING_BYTES`` and ``listing_timeout``, a
+  file by its listed Size; ``Accept-Encoding: identity`` is asked for, and a compressed answer is
+  inflated a chunk at a time, never more than the bound;
+* a listing naming one path both as a file and as a folder is refused, like unsafe paths.
 
 The mirror's branch (``master``) can move; a cached snapshot is only refreshed with ``force=True``.
 """
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import fnmatch
 import hashlib
 import json
 import os
-import random
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Sequence
 from urllib.parse import quote, quote_plus
 
 import requests
 from tqdm.auto import tqdm
 
-from .locks import file_lock
+from ..errors import ModelScopeError
+from ..files import INCOMPLETE, atomic_write_json, file_lock, file_matches, update_hash, within
+from .http import (InvalidArgumentError, Policy, Transient, body_chunks, get, make_policy, read_capped, retrying,
+                   session_for, snippet)
 
 __all__ = [
     "DEFAULT_ENDPOINT",
     "SNAPSHOT_MANIFEST",
     "INCOMPLETE_SUFFIX",
+    "MAX_LISTING_BYTES",
+    "LISTING_TIMEOUT",
     "ModelScopeError",
+    "InvalidArgumentError",
     "InvalidModelIdError",
     "ModelNotFoundError",
     "RevisionNotFoundError",
@@ -56,6 +63,8 @@ __all__ = [
     "RepoFile",
     "resolve_endpoint",
     "resolve_cache_dir",
+    "split_model_id",
+    "safe_component",
     "snapshot_path",
     "list_repo_files",
     "snapshot_download",
@@ -65,28 +74,18 @@ DEFAULT_ENDPOINT = "https://modelscope.cn"
 ENDPOINT_ENV = "MODELSCOPE_ENDPOINT"
 CACHE_ENV = "GLM_MS_CACHE"
 SNAPSHOT_MANIFEST = ".glm_ms_snapshot.json"
-INCOMPLETE_SUFFIX = ".incomplete"
+INCOMPLETE_SUFFIX = INCOMPLETE
 _MANIFEST_VERSION = 1
-# Bytes per read. A read cut short by a dropped connection or a stall loses what it had buffered,
-# so this is also the most a resume re-fetches; 64 KiB keeps that small at negligible loop cost.
-_CHUNK = 1 << 16
-_USER_AGENT = "glm_ms/0.1 (+requests)"
-
-Timeout = Union[float, Tuple[float, float]]
-
-# Indirection so tests can record the back-off delays instead of sleeping.
-_sleep: Callable[[float], None] = time.sleep
+# A listing entry is ~250 bytes: 32 MB is over 100,000 files, far more than any model repository holds.
+MAX_LISTING_BYTES = 32 << 20
+LISTING_TIMEOUT = 120.0  # default seconds for the whole listing body
 
 
 # ----------------------------------------------------------------------------------------------
 # Errors
 
 
-class ModelScopeError(RuntimeError):
-    """Base class of every error raised by the ModelScope client."""
-
-
-class InvalidModelIdError(ModelScopeError, ValueError):
+class InvalidModelIdError(InvalidArgumentError):
     """The model id is not of the form ``owner/name``."""
 
 
@@ -110,16 +109,6 @@ class IntegrityError(ModelScopeError):
     """A downloaded file kept disagreeing with the listing's Size or Sha256."""
 
 
-class _Transient(Exception):
-    """One failed attempt worth retrying; ``final`` is raised instead if it was the last one."""
-
-    def __init__(self, message: str, retry_after: Optional[float] = None,
-                 final: Optional[ModelScopeError] = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.final = final
-
-
 # ----------------------------------------------------------------------------------------------
 # Small public helpers
 
@@ -130,11 +119,11 @@ class RepoFile:
 
     path: str  # POSIX path relative to the repository root, validated safe
     size: int  # bytes, from the listing
-    sha256: Optional[str]  # lower-case hex, or None when the mirror did not give one
+    sha256: str | None  # lower-case hex, or None when the mirror did not give one
     is_lfs: bool = False
 
 
-def resolve_endpoint(endpoint: Optional[str] = None) -> str:
+def resolve_endpoint(endpoint: str | None = None) -> str:
     """Return the mirror base URL: argument, else ``$MODELSCOPE_ENDPOINT``, else modelscope.cn."""
     base = endpoint or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
     base = base.strip().rstrip("/")
@@ -143,14 +132,15 @@ def resolve_endpoint(endpoint: Optional[str] = None) -> str:
     return base
 
 
-def resolve_cache_dir(cache_dir: Union[str, os.PathLike, None] = None) -> Path:
+def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Return the cache root: the argument, else ``$GLM_MS_CACHE``, else ``~/.cache/glm_ms``."""
     raw = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV)
     path = Path(raw).expanduser() if raw else Path.home() / ".cache" / "glm_ms"
     return path.absolute()
 
 
-def _split_model_id(model_id: str) -> Tuple[str, str]:
+def split_model_id(model_id: str) -> tuple[str, str]:
+    """(owner, name) of a model id ``owner/name``; anything else is an InvalidModelIdError."""
     if not isinstance(model_id, str):
         raise InvalidModelIdError(f"model id must be a string 'owner/name', got {model_id!r}")
     parts = model_id.split("/")
@@ -160,7 +150,7 @@ def _split_model_id(model_id: str) -> Tuple[str, str]:
     return parts[0], parts[1]
 
 
-def _safe_component(text: str) -> str:
+def safe_component(text: str) -> str:
     """Turn an owner, name or revision into one harmless folder name (collision-free)."""
     if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", text) and not text.endswith(".lock"):
         return text
@@ -169,13 +159,13 @@ def _safe_component(text: str) -> str:
 
 
 def snapshot_path(model_id: str, revision: str = "master",
-                  cache_dir: Union[str, os.PathLike, None] = None) -> Path:
+                  cache_dir: str | os.PathLike | None = None) -> Path:
     """Return the folder where ``snapshot_download`` puts ``model_id`` at ``revision``."""
-    owner, name = _split_model_id(model_id)
+    owner, name = split_model_id(model_id)
     if not isinstance(revision, str) or not revision or "\0" in revision:
         raise ModelScopeError(f"revision must be a non-empty string, got {revision!r}")
     root = resolve_cache_dir(cache_dir) / "modelscope"
-    return root / _safe_component(owner) / _safe_component(name) / _safe_component(revision)
+    return root / safe_component(owner) / safe_component(name) / safe_component(revision)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,7 +202,7 @@ def _destination(root: Path, relpath: str) -> Path:
     return dest
 
 
-def _as_patterns(patterns: Union[str, Iterable[str], None]) -> Optional[List[str]]:
+def _as_patterns(patterns: str | Iterable[str] | None) -> list[str] | None:
     if patterns is None:
         return None
     if isinstance(patterns, str):
@@ -220,90 +210,10 @@ def _as_patterns(patterns: Union[str, Iterable[str], None]) -> Optional[List[str
     return list(patterns)
 
 
-def _selected(path: str, allow: Optional[List[str]], ignore: Optional[List[str]]) -> bool:
+def _selected(path: str, allow: list[str] | None, ignore: list[str] | None) -> bool:
     if allow is not None and not any(fnmatch.fnmatchcase(path, p) for p in allow):
         return False
     return not (ignore and any(fnmatch.fnmatchcase(path, p) for p in ignore))
-
-
-# ----------------------------------------------------------------------------------------------
-# HTTP plumbing
-
-
-@dataclass(frozen=True)
-class _Policy:
-    timeout: Tuple[float, float]  # (connect, read) seconds; read bounds every stall
-    max_retries: int
-    backoff: float
-    max_backoff: float
-
-    def delay(self, attempt: int, retry_after: Optional[float]) -> float:
-        if retry_after is not None:  # the server knows best, but never wait unbounded
-            return max(0.0, min(retry_after, self.max_backoff))
-        base = min(self.max_backoff, self.backoff * (2 ** attempt))
-        return base * (1.0 + 0.1 * random.random())
-
-
-def _policy(timeout: Timeout, max_retries: int, backoff: float, max_backoff: float) -> _Policy:
-    pair = (float(timeout), float(timeout)) if isinstance(timeout, (int, float)) else \
-        (float(timeout[0]), float(timeout[1]))
-    if max_retries < 0:
-        raise ValueError("max_retries must be >= 0")
-    return _Policy(pair, int(max_retries), float(backoff), float(max_backoff))
-
-
-def _retrying(policy: _Policy, what: str, action: Callable[[], object]):
-    """Run ``action`` until it stops raising ``_Transient``; at most ``max_retries`` retries."""
-    last: Optional[_Transient] = None
-    for attempt in range(policy.max_retries + 1):
-        try:
-            return action()
-        except _Transient as exc:
-            last = exc
-            if attempt < policy.max_retries:
-                _sleep(policy.delay(attempt, exc.retry_after))
-    assert last is not None
-    if last.final is not None:
-        raise last.final
-    raise ModelScopeError(f"{what}: giving up after {policy.max_retries + 1} attempts: {last}")
-
-
-def _retry_after(resp: requests.Response) -> Optional[float]:
-    value = resp.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-def _snippet(resp: requests.Response) -> str:
-    try:
-        data = next(resp.iter_content(300), b"")
-    except Exception:  # noqa: BLE001 - only used to decorate an error message
-        return ""
-    return data.decode("utf-8", "replace").strip()
-
-
-def _get(session: requests.Session, url: str, policy: _Policy,
-         headers: Optional[Dict[str, str]] = None) -> requests.Response:
-    """One GET; network failures, 408, 429 and 5xx become ``_Transient``."""
-    try:
-        resp = session.get(url, headers=headers, timeout=policy.timeout, stream=True,
-                           allow_redirects=True)
-    except requests.RequestException as exc:
-        raise _Transient(f"{type(exc).__name__} for {url}: {exc}") from exc
-    if resp.status_code in (408, 429) or resp.status_code >= 500:
-        retry_after = _retry_after(resp)
-        resp.close()
-        raise _Transient(f"HTTP {resp.status_code} for {url}", retry_after=retry_after)
-    return resp
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,7 +221,7 @@ def _get(session: requests.Session, url: str, policy: _Policy,
 
 
 def _api_base(endpoint: str, model_id: str) -> str:
-    owner, name = _split_model_id(model_id)
+    owner, name = split_model_id(model_id)
     return f"{endpoint}/api/v1/models/{quote(owner, safe='')}/{quote(name, safe='')}"
 
 
@@ -329,24 +239,25 @@ def _parse_entry(raw: dict, url: str) -> RepoFile:
 
 
 def _list(session: requests.Session, endpoint: str, model_id: str, revision: str,
-          policy: _Policy) -> List[RepoFile]:
+          policy: Policy) -> list[RepoFile]:
     url = (f"{_api_base(endpoint, model_id)}/repo/files"
            f"?Revision={quote_plus(revision)}&Recursive=True")
 
-    def attempt() -> List[RepoFile]:
-        resp = _get(session, url, policy)
+    def attempt() -> list[RepoFile]:
+        resp = get(session, url, policy)
         with resp:
             if resp.status_code == 404:
                 raise ModelNotFoundError(
                     f"model {model_id!r} not found on {endpoint} (HTTP 404 for {url}): "
-                    f"{_snippet(resp)}")
+                    f"{snippet(resp)}")
             if resp.status_code != 200:
                 raise ModelScopeError(f"HTTP {resp.status_code} listing {model_id!r} at {url}: "
-                                      f"{_snippet(resp)}")
-            try:
-                body = resp.json()
-            except ValueError as exc:
-                raise _Transient(f"listing at {url} is not JSON: {exc}") from exc
+                                      f"{snippet(resp)}")
+            raw = read_capped(resp, MAX_LISTING_BYTES, policy.listing_timeout, "listing")
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise Transient(f"listing at {url} is not JSON: {exc}") from exc
         if not isinstance(body, dict) or body.get("Success") is False or \
                 body.get("Code", 200) != 200:
             message = body.get("Message") if isinstance(body, dict) else body
@@ -362,14 +273,14 @@ def _list(session: requests.Session, endpoint: str, model_id: str, revision: str
             raise ModelScopeError(f"listing at {url} has a malformed Files field")
         return _parse_listing(files, url)
 
-    return _retrying(policy, f"listing {model_id!r}@{revision}", attempt)
+    return retrying(policy, f"listing {model_id!r}@{revision}", attempt)
 
 
-def _parse_listing(files: list, url: str) -> List[RepoFile]:
-    out: Dict[str, RepoFile] = {}
+def _parse_listing(files: list, url: str) -> list[RepoFile]:
+    out: dict[str, RepoFile] = {}
     for raw in files:
         if not isinstance(raw, dict):
-            raise ModelScopeError(f"listing at {url} holds a non-object entry {raw!r}")
+            raise ModelScopeError(f"listing at {url} holds a non-object entry {raw!r:.200}")
         if raw.get("Type", "blob") != "blob":
             continue  # folders ("tree") are created on demand
         entry = _parse_entry(raw, url)
@@ -377,89 +288,70 @@ def _parse_listing(files: list, url: str) -> List[RepoFile]:
         if seen is not None and seen != entry:
             raise ModelScopeError(f"listing at {url} lists {entry.path!r} twice, differently")
         out[entry.path] = entry
+    folders = {str(parent) for path in out for parent in PurePosixPath(path).parents} - {"."}
+    clash = sorted(folders & set(out))
+    if clash:
+        raise UnsafePathError(f"listing at {url} holds {clash[0]!r} both as a file and as a folder")
     return [out[p] for p in sorted(out)]
 
 
-def list_repo_files(model_id: str, revision: str = "master", endpoint: Optional[str] = None, *,
-                    timeout: Timeout = (10.0, 60.0), max_retries: int = 5, backoff: float = 1.0,
-                    max_backoff: float = 30.0,
-                    session: Optional[requests.Session] = None) -> List[RepoFile]:
+def list_repo_files(model_id: str, revision: str = "master", endpoint: str | None = None, *,
+                    timeout: float | tuple[float, float] = (10.0, 60.0), max_retries: int = 5, backoff: float = 1.0,
+                    max_backoff: float = 30.0, listing_timeout: float = LISTING_TIMEOUT,
+                    session: requests.Session | None = None) -> list[RepoFile]:
     """List the files (blobs) of ``model_id`` at ``revision``, every path validated safe."""
-    _split_model_id(model_id)
-    policy = _policy(timeout, max_retries, backoff, max_backoff)
-    with _session(session) as sess:
+    split_model_id(model_id)
+    policy = make_policy(timeout, max_retries, backoff, max_backoff, listing_timeout)
+    with session_for(session) as sess:
         return _list(sess, resolve_endpoint(endpoint), model_id, revision, policy)
-
-
-@contextlib.contextmanager
-def _session(session: Optional[requests.Session]) -> Iterator[requests.Session]:
-    if session is not None:
-        yield session
-        return
-    sess = requests.Session()
-    sess.headers["User-Agent"] = _USER_AGENT
-    try:
-        yield sess
-    finally:
-        sess.close()
 
 
 # ----------------------------------------------------------------------------------------------
 # Download of one file
 
 
-def _hash_file(path: Path, hasher=None, limit: Optional[int] = None):
-    hasher = hasher or hashlib.sha256()
-    remaining = limit
-    with open(path, "rb") as f:
-        while remaining is None or remaining > 0:
-            block = f.read(_CHUNK if remaining is None else min(_CHUNK, remaining))
-            if not block:
-                break
-            hasher.update(block)
-            if remaining is not None:
-                remaining -= len(block)
-    return hasher
-
-
 def _matches(path: Path, entry: RepoFile) -> bool:
     """True when ``path`` holds exactly the listed bytes (hashing when a Sha256 is known)."""
-    try:
-        if not path.is_file() or path.stat().st_size != entry.size:
-            return False
-    except OSError:
-        return False
-    return entry.sha256 is None or _hash_file(path).hexdigest() == entry.sha256
+    return file_matches(path, entry.size, entry.sha256)
 
 
-def _content_range_start(resp: requests.Response) -> Optional[int]:
+def _content_range_start(resp: requests.Response) -> int | None:
     match = re.match(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", resp.headers.get("Content-Range", ""))
     return int(match.group(1)) if match else None
 
 
-def _download_file(session: requests.Session, url: str, dest: Path, entry: RepoFile,
-                   policy: _Policy, model_id: str, progress: bool) -> None:
-    tmp = dest.with_name(dest.name + INCOMPLETE_SUFFIX)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=entry.size, unit="B", unit_scale=True, unit_divisor=1024,
-               desc=entry.path, disable=not progress, leave=False)
+@dataclass
+class _Download:
+    """One file of a snapshot: fetched into ``<dest>.incomplete``, resumed, verified, then renamed."""
 
-    def integrity_failure(what: str, expected: object, got: object) -> _Transient:
+    session: requests.Session
+    url: str
+    root: Path  # the snapshot folder every path is confined to
+    entry: RepoFile
+    policy: Policy
+    model_id: str
+    bar: Any  # tqdm
+
+    def run(self) -> None:
+        self.dest = _destination(self.root, self.entry.path)
+        self.tmp = _destination(self.root, self.entry.path + INCOMPLETE_SUFFIX)
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        retrying(self.policy, f"downloading {self.entry.path!r} of {self.model_id!r} from {self.url}",
+                  self.attempt)
+
+    def integrity_failure(self, what: str, expected: object, got: object) -> Transient:
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()  # unverified bytes never survive an integrity failure
-        msg = (f"{entry.path!r} of {model_id!r}: {what} mismatch, listing says {expected}, "
-               f"downloaded {got} (from {url})")
-        return _Transient(msg, final=IntegrityError(msg))
+            self.tmp.unlink()  # unverified bytes never survive an integrity failure
+        msg = (f"{self.entry.path!r} of {self.model_id!r}: {what} mismatch, listing says {expected}, "
+               f"downloaded {got} (from {self.url})")
+        return Transient(msg, final=IntegrityError(msg))
 
-    def open_stream(offset: int) -> Tuple[requests.Response, int]:
-        headers = {"Accept-Encoding": "identity"}  # byte offsets must mean file offsets
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-        resp = _get(session, url, policy, headers)
+    def open_stream(self, offset: int) -> tuple[requests.Response, int]:
+        resp = get(self.session, self.url, self.policy, {"Range": f"bytes={offset}-"} if offset else None)
         if resp.status_code == 404:
             resp.close()
-            raise EntryNotFoundError(f"{entry.path!r} is listed in {model_id!r} but the mirror "
-                                     f"answered HTTP 404 for {url}")
+            raise EntryNotFoundError(f"{self.entry.path!r} is listed in {self.model_id!r} but the mirror "
+                                     f"answered HTTP 404 for {self.url}")
         if offset and resp.status_code == 206 and _content_range_start(resp) == offset:
             return resp, offset  # a genuine continuation
         if resp.status_code == 200:
@@ -467,73 +359,73 @@ def _download_file(session: requests.Session, url: str, dest: Path, entry: RepoF
         resp.close()
         if offset and resp.status_code in (206, 416):
             # A 206 not starting at our offset (or an unsatisfiable range): start again from zero.
-            return open_stream(0)
-        raise ModelScopeError(f"unexpected HTTP {resp.status_code} downloading {entry.path!r} "
-                              f"from {url}")
+            return self.open_stream(0)
+        raise ModelScopeError(f"unexpected HTTP {resp.status_code} downloading {self.entry.path!r} from {self.url}")
 
-    def attempt() -> None:
-        offset = tmp.stat().st_size if tmp.exists() else 0
-        if offset > entry.size:
+    def attempt(self) -> None:
+        size = self.entry.size
+        offset = self.tmp.stat().st_size if self.tmp.exists() else 0
+        if offset > size:
             offset = 0
-        if offset and offset == entry.size:  # complete but never renamed (e.g. killed)
-            if _matches(tmp, entry):
-                os.replace(tmp, dest)
+        if offset and offset == size:  # complete but never renamed (e.g. killed)
+            if _matches(self.tmp, self.entry):
+                os.replace(self.tmp, self.dest)
                 return
             offset = 0
-        resp, offset = open_stream(offset)
+        resp, offset = self.open_stream(offset)
         hasher = hashlib.sha256()
         if offset:
-            _hash_file(tmp, hasher, limit=offset)
-        bar.reset(total=entry.size)
-        bar.update(offset)
-        written = offset
-        received = 0
-        overflow = False
-        with resp, open(tmp, "r+b" if offset else "wb") as f:
+            update_hash(hasher, self.tmp, limit=offset)
+        self.bar.reset(total=size)
+        self.bar.update(offset)
+        with resp:
+            written, received = self.stream(resp, offset, hasher)
+        if written > size:
+            raise self.integrity_failure("size", size, f"more than {size} bytes")
+        announced = resp.headers.get("Content-Length")
+        identity = resp.headers.get("Content-Encoding", "identity").strip().lower() in ("", "identity")
+        if identity and announced is not None and announced.isdigit() and received < int(announced):
+            raise Transient(f"body of {self.url} ended after {received} of {announced} bytes")
+        if written != size:
+            raise self.integrity_failure("size", size, written)
+        if self.entry.sha256 is not None and hasher.hexdigest() != self.entry.sha256:
+            raise self.integrity_failure("sha256", self.entry.sha256, hasher.hexdigest())
+        os.replace(self.tmp, self.dest)  # atomic: the final name only ever holds verified bytes
+
+    def stream(self, resp: requests.Response, offset: int, hasher: Any) -> tuple[int, int]:
+        """Append the body to the partial file; (bytes the file would hold, bytes received). Never stores more
+        than the listing announced: one byte too many ends the read."""
+        written, received = offset, 0
+        with open(self.tmp, "r+b" if offset else "wb") as f:
             f.seek(offset)
             f.truncate()
-            try:
-                for chunk in resp.iter_content(_CHUNK):
-                    if not chunk:
-                        continue
-                    if written + len(chunk) > entry.size:  # never store more than announced
-                        overflow = True
-                        break
-                    f.write(chunk)
-                    hasher.update(chunk)
-                    written += len(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-            except requests.RequestException as exc:
-                # Cut off or stalled: keep the partial file, the next attempt resumes it.
-                raise _Transient(f"{type(exc).__name__} while reading {url}: {exc}") from exc
+            # A cut or stall raises Transient from body_chunks: the partial file is kept, the next attempt resumes it.
+            for chunk in body_chunks(resp):
+                if written + len(chunk) > self.entry.size:
+                    return written + len(chunk), received
+                f.write(chunk)
+                hasher.update(chunk)
+                written += len(chunk)
+                received += len(chunk)
+                self.bar.update(len(chunk))
             f.flush()
             os.fsync(f.fileno())
-        if overflow:
-            raise integrity_failure("size", entry.size, f"more than {entry.size} bytes")
-        announced = resp.headers.get("Content-Length")
-        if announced is not None and announced.isdigit() and received < int(announced):
-            raise _Transient(f"body of {url} ended after {received} of {announced} bytes")
-        if written != entry.size:
-            raise integrity_failure("size", entry.size, written)
-        if entry.sha256 is not None and hasher.hexdigest() != entry.sha256:
-            raise integrity_failure("sha256", entry.sha256, hasher.hexdigest())
-        os.replace(tmp, dest)  # atomic: the final name only ever holds verified bytes
-
-    try:
-        _retrying(policy, f"downloading {entry.path!r} of {model_id!r} from {url}", attempt)
-    finally:
-        bar.close()
+        return written, received
 
 
 # ----------------------------------------------------------------------------------------------
 # Snapshot manifest
 
 
-def _read_manifest(folder: Path) -> Optional[dict]:
+def _read_manifest(folder: Path) -> dict | None:
+    """The snapshot's manifest, or None when there is none we can trust (absent, foreign, malformed)."""
+    path = folder / SNAPSHOT_MANIFEST
+    if not within(folder, path):
+        return None
     try:
-        with open(folder / SNAPSHOT_MANIFEST, encoding="utf-8") as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_LISTING_BYTES + 1)
+        data = json.loads(raw) if len(raw) <= MAX_LISTING_BYTES else None
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("version") != _MANIFEST_VERSION:
@@ -550,7 +442,7 @@ def _read_manifest(folder: Path) -> Optional[dict]:
 
 
 def _write_manifest(folder: Path, model_id: str, revision: str, endpoint: str,
-                    listing: Sequence[RepoFile], files: Dict[str, dict]) -> None:
+                    listing: Sequence[RepoFile], files: dict[str, dict]) -> None:
     data = {
         "version": _MANIFEST_VERSION,
         "model_id": model_id,
@@ -560,12 +452,7 @@ def _write_manifest(folder: Path, model_id: str, revision: str, endpoint: str,
                     for e in listing],
         "files": {p: files[p] for p in sorted(files)},
     }
-    tmp = folder / (SNAPSHOT_MANIFEST + INCOMPLETE_SUFFIX)
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / SNAPSHOT_MANIFEST)
+    atomic_write_json(folder / SNAPSHOT_MANIFEST, data)
 
 
 def _record(path: Path, entry: RepoFile) -> dict:
@@ -573,7 +460,7 @@ def _record(path: Path, entry: RepoFile) -> dict:
     return {"size": st.st_size, "sha256": entry.sha256, "mtime_ns": st.st_mtime_ns}
 
 
-def _trusted(folder: Path, entry: RepoFile, rec: Optional[dict]) -> bool:
+def _trusted(folder: Path, entry: RepoFile, rec: dict | None) -> bool:
     """True when the manifest verified this exact file and it has not been touched since."""
     if rec is None or rec.get("sha256") != entry.sha256 or rec.get("size") != entry.size:
         return False
@@ -585,7 +472,7 @@ def _trusted(folder: Path, entry: RepoFile, rec: Optional[dict]) -> bool:
 
 
 def _complete_offline(folder: Path, model_id: str, revision: str,
-                      allow: Optional[List[str]], ignore: Optional[List[str]]) -> bool:
+                      allow: list[str] | None, ignore: list[str] | None) -> bool:
     """True when the manifest proves every wanted file is present and verified (no network)."""
     manifest = _read_manifest(folder)
     if manifest is None or manifest.get("model_id") != model_id or \
@@ -616,52 +503,57 @@ def _complete_offline(folder: Path, model_id: str, revision: str,
 # Snapshot
 
 
-def snapshot_download(model_id: str, revision: str = "master",
-                      cache_dir: Union[str, os.PathLike, None] = None,
-                      endpoint: Optional[str] = None,
-                      allow_patterns: Union[str, Iterable[str], None] = None,
-                      ignore_patterns: Union[str, Iterable[str], None] = ("*.py",),
-                      timeout: Timeout = (10.0, 60.0), max_retries: int = 5,
+def _fetch(sess: requests.Session, base: str, folder: Path, model_id: str, revision: str, entries: list[RepoFile],
+           old_files: dict[str, dict], force: bool, policy: Policy, progress: bool) -> dict[str, dict]:
+    """Download every entry not verified already; returns the manifest records of all of them."""
+    # Every path is checked before a single byte is fetched.
+    wanted = [(e, _destination(folder, e.path)) for e in entries]
+    verified: dict[str, dict] = {}
+    for entry, dest in wanted:
+        if not ((not force and _trusted(folder, entry, old_files.get(entry.path))) or _matches(dest, entry)):
+            url = (f"{_api_base(base, model_id)}/repo?Revision={quote_plus(revision)}"
+                   f"&FilePath={quote_plus(entry.path)}")
+            with tqdm(total=entry.size, unit="B", unit_scale=True, unit_divisor=1024, desc=entry.path,
+                      disable=not progress, leave=False) as bar:
+                _Download(sess, url, folder, entry, policy, model_id, bar).run()
+        verified[entry.path] = _record(dest, entry)
+    return verified
+
+
+def snapshot_download(model_id: str, revision: str = "master", cache_dir: str | os.PathLike | None = None,
+                      endpoint: str | None = None, allow_patterns: str | Iterable[str] | None = None,
+                      ignore_patterns: str | Iterable[str] | None = ("*.py",),
+                      timeout: float | tuple[float, float] = (10.0, 60.0), max_retries: int = 5,
                       progress: bool = True, *, force: bool = False, backoff: float = 1.0,
-                      max_backoff: float = 30.0,
-                      session: Optional[requests.Session] = None) -> Path:
+                      max_backoff: float = 30.0, listing_timeout: float = LISTING_TIMEOUT,
+                      session: requests.Session | None = None) -> Path:
     """Download ``model_id`` at ``revision`` into the cache, verified, and return its folder.
 
-    Patterns are ``fnmatch`` patterns on the repository path; ``*.py`` is ignored by default
-    because upstream code is never executed. ``timeout`` is ``(connect, read)`` seconds (the read
-    timeout bounds any stall); each file and the listing are retried ``max_retries`` times with
-    exponential back-off from ``backoff`` seconds, ``Retry-After`` honoured, every wait capped at
-    ``max_backoff``. A complete snapshot is returned without any HTTP request unless ``force``,
-    which re-lists and re-hashes (files that still match are kept). Interrupted downloads leave
-    only ``<file>.incomplete``, resumed on the next call.
+    Patterns are ``fnmatch`` patterns on the repository path; ``*.py`` is ignored by default because upstream
+    code is never executed. ``timeout`` is ``(connect, read)`` seconds (the read timeout bounds any stall);
+    the listing must arrive within ``listing_timeout`` seconds and MAX_LISTING_BYTES. Each file and the listing
+    are retried ``max_retries`` times with exponential back-off from ``backoff`` seconds, ``Retry-After``
+    honoured, every wait capped at ``max_backoff``. A complete snapshot is returned without any HTTP request
+    unless ``force``, which re-lists and re-hashes (files that still match are kept). Interrupted downloads
+    leave only ``<file>.incomplete``, resumed on the next call.
     """
     folder = snapshot_path(model_id, revision, cache_dir)
     allow, ignore = _as_patterns(allow_patterns), _as_patterns(ignore_patterns)
     if not force and _complete_offline(folder, model_id, revision, allow, ignore):
         return folder
-    policy = _policy(timeout, max_retries, backoff, max_backoff)
+    policy = make_policy(timeout, max_retries, backoff, max_backoff, listing_timeout)
     base = resolve_endpoint(endpoint)
     with file_lock(folder.parent / f".{folder.name}.lock"):  # one download of a snapshot at a time
         if not force and _complete_offline(folder, model_id, revision, allow, ignore):
             return folder  # another process finished it while we waited for the lock
-        with _session(session) as sess:
+        with session_for(session) as sess:
             listing = _list(sess, base, model_id, revision, policy)
             folder.mkdir(parents=True, exist_ok=True)
-            # Every path is checked before a single byte is fetched.
-            wanted = [(e, _destination(folder, e.path)) for e in listing
-                      if _selected(e.path, allow, ignore)]
             old = _read_manifest(folder) or {"files": {}}
             old_files = old["files"] if old.get("model_id") == model_id else {}
-            verified: Dict[str, dict] = {}
-            for entry, dest in wanted:
-                if (not force and _trusted(folder, entry, old_files.get(entry.path))) \
-                        or _matches(dest, entry):
-                    verified[entry.path] = _record(dest, entry)
-                    continue
-                url = (f"{_api_base(base, model_id)}/repo?Revision={quote_plus(revision)}"
-                       f"&FilePath={quote_plus(entry.path)}")
-                _download_file(sess, url, dest, entry, policy, model_id, progress)
-                verified[entry.path] = _record(dest, entry)
+            verified = _fetch(sess, base, folder, model_id, revision,
+                              [e for e in listing if _selected(e.path, allow, ignore)], old_files, force, policy,
+                              progress)
         # Keep records of files fetched earlier with other patterns, if the listing still agrees.
         by_path = {e.path: e for e in listing}
         for path, rec in old_files.items():

@@ -1,23 +1,21 @@
-"""Checkpoint folder detection and shard iteration (torch and safetensors, sharded and single)."""
+"""Checkpoint folder detection and reading (torch and safetensors, sharded and single), checked against the index."""
+import contextlib
 import json
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-import glm_ms.convert.checkpoint as checkpoint
-from glm_ms.convert.checkpoint import (CheckpointFolder, find_checkpoint, iter_shards, load_safetensors_file,
-                                       load_state_dict)
-from glm_ms.convert.errors import CheckpointError
+from glm_ms.convert.readers import torch_zip
+from glm_ms.convert.readers.layout import CheckpointFolder, find_checkpoint, iter_checkpoint, open_shard
+from glm_ms.convert.readers.safetensors import safetensors_tensors
+from glm_ms.errors import CheckpointError
+from tests.convert.upstream import FIXTURE as TINY
+from tests.convert.upstream import SHARDS, WEIGHT_MAP, source_tensors
 from tests.torchfile import BFloat16, StridedView, save_torch_checkpoint
-
-TINY = Path(__file__).parent / "fixtures" / "tiny-chatglm-6b"
-SHARDS = [f"pytorch_model-0000{i}-of-00003.bin" for i in (1, 2, 3)]
 
 
 def _index(folder=TINY):
@@ -34,24 +32,33 @@ def _write_index(folder: Path, index: dict, name="pytorch_model.bin.index.json")
     (folder / name).write_text(json.dumps(index))
 
 
+def _shards(folder):
+    """(shard, sorted names) of every shard, read through open_shard."""
+    ckpt = find_checkpoint(folder)
+    out = []
+    for shard in ckpt.shards:
+        with open_shard(ckpt, shard) as lazy:
+            out.append((shard, {t.name: t.load() for t in lazy}))
+    return out
+
+
 def test_find_tiny_fixture():
     ckpt = find_checkpoint(TINY)
-    assert ckpt == CheckpointFolder(str(TINY), "torch", SHARDS, _index()["weight_map"])
+    assert ckpt == CheckpointFolder(TINY, "torch", SHARDS, _index()["weight_map"], "pytorch_model.bin.index.json")
 
 
-def test_iter_shards_tiny_fixture():
-    seen = []
-    for shard, tensors in iter_shards(find_checkpoint(TINY)):
-        seen.append((shard, sorted(tensors)))
-        assert all(a.dtype == np.float16 for a in tensors.values())
+def test_shards_of_the_tiny_fixture():
+    seen = [(shard, sorted(tensors)) for shard, tensors in _shards(TINY)]
     assert [s for s, _ in seen] == SHARDS
+    for shard, names in seen:
+        assert names == sorted(n for n, s in WEIGHT_MAP.items() if s == shard)
     assert seen[0][1] == ["transformer.word_embeddings.weight"]
-    assert seen[2][1] == ["lm_head.weight"]
-    assert len(seen[1][1]) == 28
+    assert seen[-1][1] == ["lm_head.weight"]
+    assert all(a.dtype == np.float16 for _, tensors in _shards(TINY) for a in tensors.values())
 
 
-def test_load_state_dict_tiny_fixture():
-    state = load_state_dict(TINY)
+def test_all_tensors_of_the_tiny_fixture():
+    state = source_tensors(TINY)
     assert sorted(state) == sorted(_index()["weight_map"])
     assert state["transformer.layers.1.attention.query_key_value.weight"].shape == (192, 64)
 
@@ -60,12 +67,10 @@ def test_missing_shard_fails_before_reading(tmp_path, monkeypatch):
     folder = _copy_tiny(tmp_path)
     (folder / SHARDS[1]).unlink()
     reads = []
-    monkeypatch.setattr(checkpoint, "load_torch_file", lambda p: reads.append(p) or {})
+    monkeypatch.setattr(torch_zip, "torch_tensors", lambda p, stack: reads.append(p) or [])
     with pytest.raises(CheckpointError, match=SHARDS[1]):
-        next(iter_shards(find_checkpoint(folder)))
+        iter_checkpoint(folder)
     assert reads == []  # shard 1 exists but was not read: the check comes first
-    with pytest.raises(CheckpointError, match=SHARDS[1]):
-        load_state_dict(folder)
 
 
 def test_index_lists_tensor_absent_from_shard(tmp_path):
@@ -74,7 +79,7 @@ def test_index_lists_tensor_absent_from_shard(tmp_path):
     index["weight_map"]["transformer.layers.2.attention.dense.weight"] = SHARDS[1]
     _write_index(folder, index)
     with pytest.raises(CheckpointError, match=rf"'transformer.layers.2.attention.dense.weight'.*{SHARDS[1]}"):
-        load_state_dict(folder)
+        source_tensors(folder)
 
 
 def test_tensor_in_shard_mapped_elsewhere(tmp_path):
@@ -85,7 +90,7 @@ def test_tensor_in_shard_mapped_elsewhere(tmp_path):
     with pytest.raises(CheckpointError,
                        match=rf"'transformer.final_layernorm.bias' is in shard {SHARDS[1]} but the index maps "
                              rf"it to {SHARDS[2]}"):
-        load_state_dict(folder)
+        source_tensors(folder)
 
 
 def test_tensor_in_shard_not_in_index(tmp_path):
@@ -95,7 +100,7 @@ def test_tensor_in_shard_not_in_index(tmp_path):
     index["weight_map"]["extra.weight"] = SHARDS[2]
     _write_index(folder, index)
     with pytest.raises(CheckpointError, match=rf"'extra.weight'.*{SHARDS[2]}"):
-        load_state_dict(folder)
+        source_tensors(folder)
 
 
 def test_index_with_unsafe_shard_name(tmp_path):
@@ -134,7 +139,19 @@ def test_truncated_shard_in_folder(tmp_path):
     data = (folder / SHARDS[2]).read_bytes()
     (folder / SHARDS[2]).write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=SHARDS[2]):
-        load_state_dict(folder)
+        source_tensors(folder)
+
+
+def test_shard_symlinked_outside_the_folder_is_refused(tmp_path):
+    folder = _copy_tiny(tmp_path)
+    outside = tmp_path / "elsewhere.bin"
+    (folder / SHARDS[0]).rename(outside)
+    (folder / SHARDS[0]).symlink_to(outside)
+    with pytest.raises(CheckpointError, match=rf"{SHARDS[0]}: is a symlink to .*elsewhere\.bin, outside"):
+        iter_checkpoint(folder)
+    (folder / SHARDS[0]).unlink()
+    (folder / SHARDS[0]).symlink_to(folder / SHARDS[1])  # inside the folder: fine
+    assert find_checkpoint(folder).shards == SHARDS
 
 
 def _tensors():
@@ -156,7 +173,7 @@ def test_torch_folder_round_trip(tmp_path, num_shards):
     ckpt = find_checkpoint(tmp_path)
     assert ckpt.format == "torch" and ckpt.shards == shards
     assert (ckpt.weight_map is None) == (num_shards == 1)
-    state = load_state_dict(tmp_path)
+    state = source_tensors(tmp_path)
     assert sorted(state) == sorted(tensors)
     for name, value in tensors.items():
         exp = value.expected() if hasattr(value, "expected") else value
@@ -177,8 +194,8 @@ def test_safetensors_single(tmp_path):
     tensors = _tensors()
     save_file(tensors, str(tmp_path / "model.safetensors"))
     ckpt = find_checkpoint(tmp_path)
-    assert ckpt == CheckpointFolder(str(tmp_path), "safetensors", ["model.safetensors"], None)
-    state = load_state_dict(tmp_path)
+    assert ckpt == CheckpointFolder(tmp_path, "safetensors", ["model.safetensors"], None, None)
+    state = source_tensors(tmp_path)
     assert sorted(state) == sorted(tensors)
     for name, value in tensors.items():
         assert state[name].dtype == value.dtype
@@ -197,9 +214,8 @@ def test_safetensors_sharded_with_bf16(tmp_path):
     ckpt = find_checkpoint(tmp_path)
     assert ckpt.format == "safetensors"
     assert ckpt.shards == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
-    shards = list(iter_shards(ckpt))
-    assert [s for s, _ in shards] == ckpt.shards
-    state = load_state_dict(tmp_path)
+    assert [s for s, _ in _shards(tmp_path)] == ckpt.shards
+    state = source_tensors(tmp_path)
     assert sorted(state) == sorted(names[:2] + ["bf"])
     for n in names[:2]:
         np.testing.assert_array_equal(state[n], tensors[n])
@@ -211,23 +227,16 @@ def test_safetensors_preferred_when_both_present(tmp_path):
     save_torch_checkpoint(tmp_path, {"w": np.zeros(2, np.float32)})
     save_file({"w": np.ones(2, np.float32)}, str(tmp_path / "model.safetensors"))
     assert find_checkpoint(tmp_path).format == "safetensors"
-    np.testing.assert_array_equal(load_state_dict(tmp_path)["w"], np.ones(2, np.float32))
+    np.testing.assert_array_equal(source_tensors(tmp_path)["w"], np.ones(2, np.float32))
 
 
 def test_safetensors_garbage(tmp_path):
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
-    with pytest.raises(CheckpointError, match="model.safetensors"):
-        load_safetensors_file(path)
+    with pytest.raises(CheckpointError, match="model.safetensors"), contextlib.ExitStack() as stack:
+        safetensors_tensors(path, stack)
     save_file(_tensors(), str(path))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 10])
     with pytest.raises(CheckpointError, match="model.safetensors"):
-        load_state_dict(tmp_path)
-
-
-def test_readers_import_neither_torch_nor_mindspore():
-    code = ("import sys; from glm_ms.convert.checkpoint import load_state_dict; "
-            f"load_state_dict({str(TINY)!r}); "
-            "bad = [m for m in ('torch', 'mindspore') if m in sys.modules]; assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+        source_tensors(tmp_path)

@@ -1,4 +1,5 @@
-"""Converter: MindSpore safetensors output, golden parity, clear errors, atomic output, resume, CLI, memory."""
+"""The conversion driver: clear errors before anything is written, atomic output, resume, re-runs, memory,
+and hostile sources (paths naming the source, symlinks leaving it, configs asking for more than they hold)."""
 from __future__ import annotations
 
 import hashlib
@@ -13,72 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from glm_ms.convert import convert as cv
-from glm_ms.convert.checkpoint import load_state_dict
-from glm_ms.convert.cli import main as cli_main
-from glm_ms.convert.convert import (INDEX, MANIFEST, WORK_SUFFIX, ConversionError, convert_checkpoint, is_converted,
-                                    iter_converted, read_manifest, verify_converted)
-from glm_ms.convert.errors import CheckpointError
-from glm_ms.convert.torch_reader import load_torch_file
-from tests.torchfile import BFloat16, StridedView, save_torch_file
+from glm_ms.convert import driver
+from glm_ms.convert.converted import MANIFEST, is_converted, iter_converted, read_manifest, verify_converted
+from glm_ms.convert.driver import WORK_SUFFIX, convert_checkpoint
+from glm_ms.errors import CheckpointError, ConfigError, ConversionError
+from tests.convert.upstream import (FIXTURE, OTHER_FILES, SHARDS, CountingWriter, copy_fixture, fixture_groups,
+                                    source_tensors, write_upstream)
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "tests" / "fixtures" / "tiny-chatglm-6b"
-SHARDS = [f"pytorch_model-0000{k}-of-00003.bin" for k in (1, 2, 3)]
-OTHER_FILES = ["config.json", "tokenizer_config.json", "ice_text.model", "generation_config.json"]
-
-
-# ------------------------------------------------------------------------------------------------
-# helpers
-
-
-def golden_check(model, greedy=(0, 1, 2, 3)):
-    """Forward logits of every golden prompt within 1e-4 x max|logit|; greedy ids exactly equal."""
-    golden = np.load(FIXTURE / "golden.npz")
-    for i in range(4):
-        ref = golden[f"fwd{i}_logits"]
-        out = model(golden[f"fwd{i}_input_ids"]).logits.asnumpy()
-        assert out.shape == ref.shape
-        assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max(), f"fwd{i}"
-    for i in greedy:
-        ids = golden[f"fwd{i}_input_ids"]
-        out = np.asarray(model.generate(ids, max_length=ids.shape[1] + 24, do_sample=False))
-        np.testing.assert_array_equal(out, golden[f"greedy{i}_output_ids"], err_msg=f"greedy{i}")
-
-
-def source_tensors():
-    return load_state_dict(FIXTURE)
-
-
-def copy_fixture(dest: Path) -> Path:
-    dest.mkdir(parents=True)
-    for name in SHARDS + OTHER_FILES + ["pytorch_model.bin.index.json"]:
-        shutil.copy2(FIXTURE / name, dest / name)
-    return dest
-
-
-def write_upstream(dest: Path, tensors: dict, groups=None, config=None) -> Path:
-    """An upstream torch folder holding `tensors`, sharded by `groups` (lists of names; None: one file)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in OTHER_FILES:
-        shutil.copy2(FIXTURE / name, dest / name)
-    if config is not None:
-        (dest / "config.json").write_text(json.dumps(config))
-    if groups is None:
-        save_torch_file(dest / "pytorch_model.bin", tensors, archive_name="pytorch_model")
-        return dest
-    weight_map = {}
-    for k, group in enumerate(groups, 1):
-        shard = f"pytorch_model-{k:05d}-of-{len(groups):05d}.bin"
-        save_torch_file(dest / shard, {n: tensors[n] for n in group}, archive_name=shard[:-4])
-        weight_map.update({n: shard for n in group})
-    (dest / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    return dest
-
-
-def fixture_groups():
-    index = json.loads((FIXTURE / "pytorch_model.bin.index.json").read_text())["weight_map"]
-    return [[n for n, s in index.items() if s == shard] for shard in SHARDS]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def assert_no_output(out: Path):
@@ -87,94 +30,8 @@ def assert_no_output(out: Path):
     assert not is_converted(work)
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("conv") / "tiny-ms"
-    return convert_checkpoint(FIXTURE, out, progress=False)
-
-
-class CountingWriter:
-    """Wraps write_safetensors: counts calls and can fail on the n-th one."""
-
-    def __init__(self, fail_on=None, exc=RuntimeError("simulated crash while writing")):
-        self.calls, self.fail_on, self.exc, self.real = 0, fail_on, exc, cv.write_safetensors
-
-    def __call__(self, path, *args, **kwargs):
-        self.calls += 1
-        if self.calls == self.fail_on:
-            Path(path).write_bytes(b"partial")  # as a crash half-way through the file would leave it
-            raise self.exc
-        return self.real(path, *args, **kwargs)
-
-
-# ------------------------------------------------------------------------------------------------
-# the converted folder
-
-
-def test_converted_layout_and_manifest(converted):
-    names = sorted(os.listdir(converted))
-    assert names == sorted(["config.json", "generation_config.json", "ice_text.model", "tokenizer_config.json",
-                            INDEX, MANIFEST] + [f"mindspore_model-0000{k}-of-00003.safetensors" for k in (1, 2, 3)])
-    assert not converted.with_name(converted.name + WORK_SUFFIX).exists()
-    manifest = read_manifest(converted)
-    assert manifest["dtype"] == "float16" and manifest["family"] == "chatglm-6b"
-    assert manifest["glm_ms_version"] == __import__("glm_ms").__version__
-    assert manifest["source"]["folder"] == str(FIXTURE) and manifest["source"]["format"] == "torch"
-    assert set(manifest["source"]["files"]) >= set(SHARDS)
-    for name, rec in manifest["files"].items():
-        data = (converted / name).read_bytes()
-        assert len(data) == rec["size"] and hashlib.sha256(data).hexdigest() == rec["sha256"], name
-    assert set(manifest["files"]) == set(names) - {MANIFEST}
-    for name in ("config.json", "ice_text.model", "tokenizer_config.json"):
-        assert (converted / name).read_bytes() == (FIXTURE / name).read_bytes()
-    assert manifest["dropped"] == [f"transformer.layers.{i}.attention.rotary_emb.inv_freq" for i in (0, 1)]
-    assert manifest["tied"] == {"lm_head.weight": {"to": "transformer.word_embeddings.weight", "equal": False}}
-    verify_converted(converted)
-
-
-def test_weights_equal_the_source_in_source_order(converted):
-    src = source_tensors()
-    got = list(iter_converted(converted))
-    # Source order (shard by shard, as the files list them): a loader fills tied parameters like upstream.
-    order = [n for shard in SHARDS for n in load_torch_file(FIXTURE / shard) if "inv_freq" not in n]
-    assert [n for n, _ in got] == order
-    for name, array in got:
-        assert array.dtype == np.float16 and np.array_equal(array, src[name]), name
-    weight_map = json.loads((converted / INDEX).read_text())["weight_map"]
-    assert list(weight_map) == order
-    assert weight_map["lm_head.weight"] == "mindspore_model-00003-of-00003.safetensors"
-
-
-def test_mindspore_loads_every_shard_with_crc_check(converted):
-    import mindspore as ms
-
-    src = source_tensors()
-    seen = set()
-    for shard in sorted(converted.glob("mindspore_model-*.safetensors")):
-        params = ms.load_checkpoint(str(shard), format="safetensors", crc_check=True)
-        for name, param in params.items():
-            assert param.dtype == ms.float16
-            np.testing.assert_array_equal(param.asnumpy(), src[name])
-            seen.add(name)
-    assert len(seen) == 28
-    # The crc MindSpore checks is real: one flipped byte is caught.
-    bad = converted.parent / "bad.safetensors"
-    data = bytearray((converted / "mindspore_model-00002-of-00003.safetensors").read_bytes())
-    data[-3] ^= 0x10
-    bad.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="crc"):
-        ms.load_checkpoint(str(bad), format="safetensors", crc_check=True)
-
-
-def test_converted_fixture_reproduces_golden(converted):
-    from glm_ms.api import ChatGLMForConditionalGeneration
-
-    model = ChatGLMForConditionalGeneration.from_pretrained(converted, dtype="float32")
-    golden_check(model)
-
-
 def test_tied_copies_that_differ_are_kept_with_a_warning(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="glm_ms.convert.convert"):
+    with caplog.at_level(logging.WARNING, logger="glm_ms.convert.driver"):
         convert_checkpoint(FIXTURE, tmp_path / "out", progress=False)
     assert any("'lm_head.weight' differs from 'transformer.word_embeddings.weight'" in r.getMessage()
                for r in caplog.records)
@@ -186,7 +43,7 @@ def test_equal_tied_copies_are_recorded_equal(tmp_path, caplog):
     tensors = source_tensors()
     tensors["lm_head.weight"] = tensors["transformer.word_embeddings.weight"].copy()
     src = write_upstream(tmp_path / "src", tensors, fixture_groups())
-    with caplog.at_level(logging.WARNING, logger="glm_ms.convert.convert"):
+    with caplog.at_level(logging.WARNING, logger="glm_ms.convert.driver"):
         out = convert_checkpoint(src, tmp_path / "out", progress=False)
     assert read_manifest(out)["tied"]["lm_head.weight"]["equal"] is True
     assert not [r for r in caplog.records if "differs" in r.getMessage()]
@@ -227,35 +84,6 @@ def test_safetensors_source(tmp_path):
     assert len(got) == 28
     for name, array in got.items():
         assert array.dtype == np.float16 and np.array_equal(array, tensors[name]), name
-
-
-def test_lazy_reader_matches_the_torch_reader(tmp_path):
-    for shard in SHARDS:
-        ckpt = cv.find_checkpoint(FIXTURE)
-        ref = load_torch_file(FIXTURE / shard)
-        with cv._open_shard(ckpt, shard) as lazy:
-            assert [t.name for t in lazy] == list(ref)
-            for t in lazy:
-                array = t.load()
-                assert array.dtype == ref[t.name].dtype and array.shape == t.shape
-                np.testing.assert_array_equal(array, ref[t.name])
-    # Views, shared storages, bfloat16 and big-endian-free odd layouts read exactly as the full reader does.
-    base = np.arange(60, dtype=np.float16)
-    odd = {
-        "plain": np.arange(12, dtype=np.float32).reshape(3, 4),
-        "view_a": StridedView(base, 0, (3, 4), (4, 1)),
-        "view_b": StridedView(base, 12, (4, 3), (1, 4)),  # transposed view into the same storage
-        "bf16": BFloat16(np.linspace(-2, 2, 10, dtype=np.float32).reshape(2, 5)),
-        "ints": np.arange(5, dtype=np.int64),
-    }
-    path = tmp_path / "pytorch_model.bin"
-    save_torch_file(path, odd, archive_name="pytorch_model")
-    ref = load_torch_file(path)
-    with cv._open_shard(cv.find_checkpoint(tmp_path), "pytorch_model.bin") as lazy:
-        for t in lazy:
-            array = t.load()
-            assert array.dtype == ref[t.name].dtype == t.dtype
-            np.testing.assert_array_equal(array, ref[t.name])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -379,7 +207,7 @@ def test_interrupted_run_leaves_no_final_folder_and_resumes(tmp_path, monkeypatc
     out = tmp_path / "out"
     work = tmp_path / ("out" + WORK_SUFFIX)
     crash = CountingWriter(fail_on=2)
-    monkeypatch.setattr(cv, "write_safetensors", crash)
+    monkeypatch.setattr(driver, "write_safetensors", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         convert_checkpoint(FIXTURE, out, progress=False)
     assert not out.exists()
@@ -388,7 +216,7 @@ def test_interrupted_run_leaves_no_final_folder_and_resumes(tmp_path, monkeypatc
     first = (work / "mindspore_model-00001-of-00003.safetensors").stat()
 
     again = CountingWriter()
-    monkeypatch.setattr(cv, "write_safetensors", again)
+    monkeypatch.setattr(driver, "write_safetensors", again)
     convert_checkpoint(FIXTURE, out, progress=False)
     assert again.calls == 2  # shards 2 and 3 only: shard 1 was verified and kept
     assert (out / "mindspore_model-00001-of-00003.safetensors").stat().st_ino == first.st_ino
@@ -400,7 +228,7 @@ def test_interrupted_run_leaves_no_final_folder_and_resumes(tmp_path, monkeypatc
 def test_resume_redoes_a_damaged_finished_shard(tmp_path, monkeypatch):
     out = tmp_path / "out"
     work = tmp_path / ("out" + WORK_SUFFIX)
-    monkeypatch.setattr(cv, "write_safetensors", CountingWriter(fail_on=3))
+    monkeypatch.setattr(driver, "write_safetensors", CountingWriter(fail_on=3))
     with pytest.raises(RuntimeError):
         convert_checkpoint(FIXTURE, out, progress=False)
     shard1 = work / "mindspore_model-00001-of-00003.safetensors"
@@ -408,7 +236,7 @@ def test_resume_redoes_a_damaged_finished_shard(tmp_path, monkeypatch):
     data[-1] ^= 1
     shard1.write_bytes(bytes(data))
     again = CountingWriter()
-    monkeypatch.setattr(cv, "write_safetensors", again)
+    monkeypatch.setattr(driver, "write_safetensors", again)
     convert_checkpoint(FIXTURE, out, progress=False)
     assert again.calls == 2  # shard 1 (damaged) and shard 3 (never finished); shard 2 kept
     verify_converted(out)
@@ -416,18 +244,18 @@ def test_resume_redoes_a_damaged_finished_shard(tmp_path, monkeypatch):
 
 def test_rerun_with_another_dtype_starts_over(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    monkeypatch.setattr(cv, "write_safetensors", CountingWriter(fail_on=2))
+    monkeypatch.setattr(driver, "write_safetensors", CountingWriter(fail_on=2))
     with pytest.raises(RuntimeError):
         convert_checkpoint(FIXTURE, out, progress=False)
     again = CountingWriter()
-    monkeypatch.setattr(cv, "write_safetensors", again)
+    monkeypatch.setattr(driver, "write_safetensors", again)
     convert_checkpoint(FIXTURE, out, dtype="float32", progress=False)
     assert again.calls == 3
     assert all(a.dtype == np.float32 for _, a in iter_converted(out))
 
 
 def test_interrupt_before_any_shard_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(cv, "write_safetensors", CountingWriter(fail_on=1, exc=KeyboardInterrupt()))
+    monkeypatch.setattr(driver, "write_safetensors", CountingWriter(fail_on=1, exc=KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         convert_checkpoint(FIXTURE, tmp_path / "out", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.glm_ms-lock"]
@@ -437,7 +265,7 @@ def test_same_conversion_again_is_a_no_op(tmp_path, monkeypatch):
     out = convert_checkpoint(FIXTURE, tmp_path / "out", progress=False)
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     writer = CountingWriter()
-    monkeypatch.setattr(cv, "write_safetensors", writer)
+    monkeypatch.setattr(driver, "write_safetensors", writer)
     assert convert_checkpoint(FIXTURE, out, progress=False) == out
     assert convert_checkpoint(FIXTURE, out, progress=False, overwrite=True) == out
     assert writer.calls == 0
@@ -475,67 +303,12 @@ def test_output_must_not_hold_the_source(tmp_path):
     assert (src / SHARDS[0]).is_file()
 
 
-def test_reading_a_truncated_converted_folder_fails_clearly(tmp_path):
-    out = convert_checkpoint(FIXTURE, tmp_path / "out", progress=False)
-    shard = out / "mindspore_model-00002-of-00003.safetensors"
-    shard.write_bytes(shard.read_bytes()[:1000])
-    with pytest.raises(ConversionError, match="truncated or replaced"):
-        list(iter_converted(out))
-    with pytest.raises(ConversionError, match="differ from the manifest"):
-        verify_converted(out)
-
-
-# ------------------------------------------------------------------------------------------------
-# command line
-
-
-def test_cli_converts(tmp_path, capsys):
-    assert cli_main(["--src", str(FIXTURE), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
-    assert is_converted(tmp_path / "out")
-    assert "3 shard(s), float16" in capsys.readouterr().out
-    assert cli_main(["--src", str(FIXTURE), "--out", str(tmp_path / "o32"), "--dtype", "float32", "-q"]) == 0
-    assert read_manifest(tmp_path / "o32")["dtype"] == "float32"
-
-
-def test_cli_expected_errors_are_one_line(tmp_path, capsys):
-    src = copy_fixture(tmp_path / "src")
-    (src / SHARDS[2]).unlink()
-    assert cli_main(["--src", str(src), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("glm-ms-convert: error: ") and "00003-of-00003.bin" in err[0]
-    assert not (tmp_path / "out").exists()
-
-
-def test_cli_usage_errors(tmp_path, capsys):
-    for argv in (["--out", "x"], ["--model-id", "ZhipuAI/ChatGLM-6B", "--out", "x"],
-                 ["--src", "a", "--model-id", "b/c", "--out", "x"], ["--src", "a", "--out", "x", "--dtype", "int8"],
-                 ["--src", "a", "--out", "x", "--revision", "v1"]):
-        with pytest.raises(SystemExit) as exc:
-            cli_main(argv)
-        assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert "--model-id needs --mirror modelscope" in err and "--revision apply to --model-id, not --src" in err
-
-
-def test_script_help_and_errors(tmp_path):
-    script = ROOT / "scripts" / "convert_weights.py"
-    proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0
-    for flag in ("--src", "--model-id", "--mirror", "--revision", "--cache-dir", "--endpoint", "--dtype", "--out"):
-        assert flag in proc.stdout
-    proc = subprocess.run([sys.executable, str(script), "--src", str(tmp_path / "missing"), "--out",
-                           str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("glm-ms-convert: error: ")
-
-
 # ------------------------------------------------------------------------------------------------
 # memory
 
-# Fixed overhead of the converting process, measured (scripts/bench_convert.py, baseline_rss_mb): Python,
-# numpy, safetensors, tqdm and glm_ms.convert imported = 42 MB on this machine. `import mindspore` alone
-# costs a process ~400 MB, which is why the converter never imports it. 80 MB leaves room for allocator noise.
+# Fixed overhead of the converting process (scripts/bench_convert.py reports it as baseline_rss_mb): Python,
+# numpy, safetensors, tqdm and glm_ms.convert imported, some 40 MB. `import mindspore` alone costs a process
+# several hundred MB, which is why the converter never imports it. 80 MB leaves room for allocator noise.
 FIXED_OVERHEAD_MB = 80
 
 
@@ -548,3 +321,110 @@ def test_peak_rss_is_below_one_shard_plus_fixed_overhead():
     assert result["peak_rss_mb"] < result["largest_shard_mb"] + FIXED_OVERHEAD_MB, result
     # Stronger: what converting adds to the process is less than one source shard (one tensor, in fact).
     assert result["conversion_rss_mb"] < result["largest_shard_mb"], result
+
+
+# ------------------------------------------------------------------------------------------------
+# hostile sources and outputs
+
+
+def _digests(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("spelling", ["symlink", "dotdot", "work_folder", "old_folder"])
+def test_output_naming_the_source_another_way_leaves_it_untouched(tmp_path, spelling):
+    name = {"work_folder": "m" + WORK_SUFFIX, "old_folder": "m.old-glm_ms"}.get(spelling, "m")
+    src = copy_fixture(tmp_path / name)
+    before = _digests(src)
+    if spelling == "symlink":
+        (tmp_path / "link").symlink_to(tmp_path, target_is_directory=True)
+        out = tmp_path / "link" / "m"
+    elif spelling == "dotdot":
+        out = tmp_path / "m" / ".." / "m"
+    else:
+        out = tmp_path / "m"  # its work folder or its moved-aside copy would be the source
+    for _ in range(2):  # a second --overwrite must not remove anything either
+        with pytest.raises(ConversionError, match="must not be"):
+            convert_checkpoint(src, out, overwrite=True, progress=False)
+    assert _digests(src) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({name, "link"} if spelling == "symlink" else {name})
+
+
+def test_a_config_asking_for_absurdly_many_layers_fails_fast(tmp_path):
+    import time
+
+    config = json.loads((FIXTURE / "config.json").read_text())
+    src = write_upstream(tmp_path / "src", source_tensors(), fixture_groups(), config=dict(config, num_layers=10 ** 8))
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="num_layers"):
+        convert_checkpoint(src, tmp_path / "out", progress=False)
+    assert time.monotonic() - start < 20  # a generous hang bound: the old converter spent 30 s reaching MemoryError
+    assert_no_output(tmp_path / "out")
+
+
+def test_a_config_asking_for_more_layers_than_the_checkpoint_holds(tmp_path):
+    config = json.loads((FIXTURE / "config.json").read_text())
+    for groups in (fixture_groups(), None):  # from the index, and from a single file's own header
+        src = write_upstream(tmp_path / f"src{groups is None}", source_tensors(), groups,
+                             config=dict(config, num_layers=1000))
+        with pytest.raises(ConversionError, match=r"config\.json has num_layers = 1000, but the checkpoint holds "
+                                                  rf"{config['num_layers']} layer"):
+            convert_checkpoint(src, tmp_path / "out", progress=False)
+        assert_no_output(tmp_path / "out")
+
+
+def test_changed_tokenizer_files_are_copied_again(tmp_path, monkeypatch):
+    src = copy_fixture(tmp_path / "src")
+    out = convert_checkpoint(src, tmp_path / "out", progress=False)
+    shard = "mindspore_model-00001-of-00003.safetensors"
+    inode = (out / shard).stat().st_ino
+    settings = json.loads((src / "tokenizer_config.json").read_text())
+    (src / "tokenizer_config.json").write_text(json.dumps(dict(settings, do_lower_case=True)))
+    (src / "ice_text.model").write_bytes((FIXTURE / "ice_text.model").read_bytes() + b"\0")  # replaced
+    writer = CountingWriter()
+    monkeypatch.setattr(driver, "write_safetensors", writer)
+    assert convert_checkpoint(src, out, progress=False) == out  # the same conversion: no overwrite needed
+    assert writer.calls == 0  # only the side files were copied again
+    for name in ("tokenizer_config.json", "ice_text.model"):
+        assert (out / name).read_bytes() == (src / name).read_bytes(), name
+    assert (out / shard).stat().st_ino == inode  # the converted weights were kept, not rewritten
+    verify_converted(out)
+    manifest = read_manifest(out)
+    assert manifest["source"]["files"]["ice_text.model"][0] == (src / "ice_text.model").stat().st_size
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert convert_checkpoint(src, out, progress=False) == out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # now up to date: a no-op
+    # A changed shard is another conversion, as before: refused without overwrite.
+    os.utime(src / SHARDS[0], ns=(1, 1))
+    with pytest.raises(ConversionError, match="already holds another conversion"):
+        convert_checkpoint(src, out, progress=False)
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json", "config.json",
+                                  "pytorch_model.bin.index.json", SHARDS[1]])
+def test_symlinks_leaving_the_source_are_refused(tmp_path, name):
+    src = copy_fixture(tmp_path / "src")
+    outside = tmp_path / "secret.txt"
+    if (src / name).exists():
+        (src / name).rename(outside)  # a real file of the checkpoint, just kept elsewhere
+    else:
+        outside.write_text('{"secret": "do not copy me"}')
+    (src / name).symlink_to(os.path.relpath(outside, src))
+    with pytest.raises(CheckpointError, match=rf"{name}: is a symlink to .*secret\.txt, outside"):
+        convert_checkpoint(src, tmp_path / "out", progress=False)
+    assert_no_output(tmp_path / "out")
+    assert not (tmp_path / ("out" + WORK_SUFFIX)).exists()  # refused before anything was written
+
+
+def test_a_storage_claiming_a_tebibyte_is_a_clean_error(tmp_path):
+    from tests.torchfile import PickleBuilder, write_torch_zip
+
+    src = write_upstream(tmp_path / "src", {"w": np.zeros(1, np.float16)})
+    numel = 1 << 39  # float16: 1 TiB
+    b = PickleBuilder(2).ordered_dict().mark().str_("transformer.word_embeddings.weight")
+    b.rebuild_tensor_v2("HalfStorage", "0", numel, 0, (1 << 20, 1 << 19), (1 << 19, 1)).setitems()
+    write_torch_zip(src / "pytorch_model.bin", b.stop(), {"0": b"\0" * 64}, archive_name="pytorch_model",
+                    claimed_sizes={"0": 2 * numel})
+    with pytest.raises(CheckpointError, match="claims 1099511627776 bytes, more than the file"):
+        convert_checkpoint(src, tmp_path / "out", progress=False)
+    assert_no_output(tmp_path / "out")
