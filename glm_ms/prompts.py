@@ -78,5 +78,5 @@ def fit_to_length(build: Callable[[list], list[int]], history: list, max_length:
         ids = build(history[:keep] + history[start:])
         if len(ids) < max_length:
             return ids
-    raise GenerationError(f"the query is {len(ids)} tokens with the prompt markers; max_length {max_length} leaves "
+    raise GenerationError(f"query is {len(ids)} tokens with the prompt markers; max_length {max_length} leaves "
                           "no room for an answer (shorten the message or raise max_length)")

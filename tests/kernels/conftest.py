@@ -11,12 +11,12 @@ from glm_ms.kernels import build_library, dequantize_rows, quantize_rows
 
 
 def load_torch(path) -> dict[str, np.ndarray]:
-    """glm_ms's own safe torch-checkpoint reader, wherever the restructuring puts it."""
-    try:
-        from glm_ms.convert.readers.torch_zip import load_torch_file
-    except ImportError:
-        from glm_ms.convert.torch_reader import load_torch_file
-    return load_torch_file(path)
+    """Every tensor of a fixture's checkpoint folder (or a file in it), through glm_ms's own safe readers."""
+    from pathlib import Path
+
+    from glm_ms.convert.readers import open_weights
+    path = Path(path)
+    return dict(open_weights(path.parent if path.is_file() else path).tensors())
 
 
 @pytest.fixture(scope="session")
