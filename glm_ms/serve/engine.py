@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..compiled import bucket
+from ..decoding import bucket
 from ..device import compiled_by_default
 from ..errors import GenerationError, GlmMsError
 from .metrics import EngineMetrics

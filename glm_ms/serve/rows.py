@@ -20,7 +20,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from ..cells.kv_cache import KVCache
-from ..compiled import bucket
+from ..decoding import bucket
 from ..device import jit_config
 from ..generation import InvalidScoreLogitsProcessor
 
@@ -36,7 +36,7 @@ class CacheBuffers:
     def allocate(cls, model: nn.Cell, batch: int, capacity: int) -> CacheBuffers:
         """Fresh zeroed buffers [batch, heads, capacity, head_dim] in every KVCache of `model`."""
         model.allocate_cache(batch, capacity)
-        caches = [cell for _, cell in model.cells_and_names() if isinstance(cell, KVCache)]
+        caches = [attention.kv_cache for attention in model.attention_layers()]
         return cls(caches, [c.key for c in caches], [c.value for c in caches])
 
     def bind(self) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..decoding import check_sampleable
 from ..errors import GenerationError
 from ..generation import (InvalidScoreLogitsProcessor, RepetitionPenaltyLogitsProcessor, softmax, temperature_warp,
                           top_k_warp, top_p_warp)
@@ -78,8 +79,7 @@ class RowSampler:
             return int(np.argmax(scores[0]))
         if s.temperature != 1.0:
             scores = temperature_warp(scores, s.temperature)
-        if not np.isfinite(scores.max()):
-            raise GenerationError(f"cannot sample: scores divided by temperature {s.temperature} overflow float32")
+        check_sampleable(scores, s.temperature)
         if s.top_k:
             scores = top_k_warp(scores, s.top_k)
         if s.top_p < 1.0:
