@@ -78,6 +78,10 @@ def _finish_parts(stream: TextStream) -> tuple[dict, str]:
     return {"content": reply.text}, stream.finish_reason
 
 
+def _ids(request: ChatRequest | CompletionRequest, stream: TextStream) -> dict:
+    return {"token_ids": stream.token_ids} if request.return_token_ids else {}
+
+
 def _usage(streams: Sequence[TextStream]) -> dict:
     # Each distinct prompt counts once (n choices share theirs), as OpenAI counts them.
     prompts = {id(s.handle.prompt.ids): s.prompt_tokens for s in streams}
@@ -107,6 +111,8 @@ async def _chat_events(service: ChatService, request: ChatRequest, streams: list
 
     def chunk(index: int, delta: dict, finish: str | None = None) -> str:
         choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        if request.return_token_ids:
+            choice["token_ids"] = streams[index].take_ids()
         return sse(envelope("chat.completion.chunk", rid, model, [choice], **extra))
     try:
         for i in range(len(streams)):
@@ -135,6 +141,8 @@ async def _completion_events(service: ChatService, request: CompletionRequest,
 
     def chunk(index: int, text: str, finish: str | None = None) -> str:
         choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+        if request.return_token_ids:
+            choice["token_ids"] = streams[index].take_ids()
         return sse(envelope("text_completion", rid, model, [choice], **extra))
     try:
         async for index, delta in merged(streams):
@@ -233,7 +241,7 @@ def create_app(service: ChatService, api_keys: Sequence[str] = (), cors_origins:
         for i, stream in enumerate(streams):
             fields, finish = _finish_parts(stream)
             choices.append({"index": i, "message": {"role": "assistant", **fields}, "logprobs": None,
-                            "finish_reason": finish})
+                            "finish_reason": finish, **_ids(body, stream)})
         return envelope("chat.completion", new_id("chatcmpl"), service.model_id, choices, usage=_usage(streams))
 
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
@@ -243,8 +251,8 @@ def create_app(service: ChatService, api_keys: Sequence[str] = (), cors_origins:
         if body.stream:
             return EventStream(_completion_events(service, body, streams), _cancel_all(streams))
         await _drain_or_raise(request, streams)
-        choices = [{"index": i, "text": s.reply.text, "logprobs": None, "finish_reason": s.finish_reason}
-                   for i, s in enumerate(streams)]
+        choices = [{"index": i, "text": s.reply.text, "logprobs": None, "finish_reason": s.finish_reason,
+                    **_ids(body, s)} for i, s in enumerate(streams)]
         return envelope("text_completion", new_id("cmpl"), service.model_id, choices, usage=_usage(streams))
 
     return app

@@ -245,6 +245,11 @@ class Engine:
                 self._finish(handle, "cancelled")
             self._lock.notify_all()
 
+    def warmup(self, prompt_ids: Sequence[int]) -> None:
+        """Compile the graphs a first request would wait for: a short prefill, greedy and sampling decode steps."""
+        for sampling in (Sampling(), Sampling(temperature=1.0, seed=0)):
+            self.submit(prompt_ids, 2, sampling).tokens()
+
     def stats(self) -> dict[str, int]:
         """Queue length and busy rows now."""
         with self._lock:

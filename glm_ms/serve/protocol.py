@@ -39,6 +39,7 @@ class _Request(BaseModel):
     frequency_penalty: float = 0.0
     logprobs: Any = None
     user: str | None = None
+    return_token_ids: bool = False  # vLLM's extension: each choice (each chunk, in a stream) lists its token ids
 
     @model_validator(mode="after")
     def _supported(self) -> _Request:

@@ -30,6 +30,8 @@ class TextStream:
         self.reply: Reply | None = None
         self.finish_reason: str | None = None
         self.completion_tokens = 0
+        self.token_ids: list[int] = []  # generated ids the answer is made of (a stop token that ended it included)
+        self._taken = 0
 
     @property
     def prompt_tokens(self) -> int:
@@ -40,15 +42,26 @@ class TextStream:
         """Stop generating (the row is freed before the next decode step)."""
         self.handle.cancel()
 
+    def take_ids(self) -> list[int]:
+        """The ids of `token_ids` not taken yet (a stream sends each chunk the ids that arrived with it)."""
+        ids = self.token_ids[self._taken:]
+        self._taken = len(self.token_ids)
+        return ids
+
     def _on(self, event: TokenEvent | Finished) -> str:
         if isinstance(event, TokenEvent):
+            if self.text.stopped:
+                return ""  # generated after the stop string, before the row was freed: not part of the answer
             delta = self.text.push(event.token)
+            self.token_ids.append(event.token)
             if self.text.stopped:
                 self.handle.cancel()  # a stop string appeared: the rest is not wanted
             return delta
+        if event.stop_token is not None and not self.text.stopped:
+            self.token_ids.append(event.stop_token)
         delta = self.text.finish()
         stopped = self.text.stopped or event.reason == "stop"
-        self.completion_tokens = len(self.text.ids) if self.text.stopped else event.completion_tokens
+        self.completion_tokens = len(self.token_ids)
         if self.conversation is not None:
             raw = self.text.decode(self.text.ids)
             self.reply = self.template.reply(raw, self.conversation.history, self.text.final())

@@ -56,7 +56,10 @@ class ReplyText:
         if raw.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its other bytes
             return None, False
         text = self.clean(raw, False)
-        return (None, False) if text is None else cut_at_stop(text, self.stops)
+        if text is None:  # held back; a stop string in what it would read as if it ended here still ends it
+            cut, stopped = cut_at_stop(self.clean(raw, True), self.stops)
+            return (cut, True) if stopped else (None, False)
+        return cut_at_stop(text, self.stops)
 
     def push(self, token: int) -> str:
         """Add one generated id; the text that became final with it ('' if none)."""
@@ -78,7 +81,8 @@ class ReplyText:
 
     def finish(self) -> str:
         """The text not emitted yet, once generation has ended."""
-        text = self.final()
+        text, cut = cut_at_stop(self.clean(self.decode(self.ids), True), self.stops)
+        self.stopped = self.stopped or cut
         self.diverged = self.diverged or not text.startswith(self.emitted)
         return self._advance(text)
 
