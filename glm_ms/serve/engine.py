@@ -191,6 +191,7 @@ class Engine:
         self._lock = threading.Condition()
         self._waiting: collections.deque[Handle] = collections.deque()
         self._rows: list[_Row | None] = [None] * slots
+        self._joining = 0  # requests taken from the queue and being placed into rows
         self._stopping = False
         self._started = threading.Event()
         self._start_error: BaseException | None = None
@@ -226,7 +227,9 @@ class Engine:
         with self._lock:
             if self._stopping:
                 raise EngineStopped("the server is shutting down")
-            if len(self._waiting) >= self.max_queue and None not in self._rows:
+            # Free rows not yet claimed by a request being placed will take waiting ones at once.
+            free = max(self._rows.count(None) - self._joining, 0)
+            if len(self._waiting) >= self.max_queue + free:
                 self.metrics.rejected += 1
                 raise QueueFull(f"all {self.slots} slots are busy and {len(self._waiting)} requests are queued "
                                 f"(max_queue {self.max_queue}); retry later")
@@ -287,8 +290,11 @@ class Engine:
                 joining = []
                 while self._waiting and len(joining) < self._rows.count(None):
                     joining.append(self._waiting.popleft())
+                self._joining = len(joining)
             for handle in joining:
                 self._join(handle)
+                with self._lock:
+                    self._joining -= 1
             if any(r is not None for r in self._rows):
                 self._decode()
         self._fail_all()
