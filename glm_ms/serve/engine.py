@@ -287,9 +287,11 @@ class Engine:
                 if self._stopping:
                     break
                 self._free_cancelled()
-                joining = []
-                while self._waiting and len(joining) < self._rows.count(None):
-                    joining.append(self._waiting.popleft())
+                # While rows decode, one request joins per step: a prefill stalls every busy row, so a burst of
+                # arrivals delays their tokens by one prefill at a time, not by all of them at once.
+                free = self._rows.count(None)
+                room = free if free == self.slots else min(free, 1)
+                joining = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
                 self._joining = len(joining)
             for handle in joining:
                 self._join(handle)
