@@ -176,16 +176,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         return ApiError(err.status_code, str(err.detail), headers=getattr(err, "headers", None)).response()
 
 
-def create_app(service: ChatService, api_keys: Sequence[str] = (), cors_origins: Sequence[str] = ()) -> FastAPI:
-    """The app serving `service`; `api_keys` non-empty turns bearer auth on; `cors_origins` allows browsers."""
-    app = FastAPI(title=f"glm_ms: {service.title}", docs_url=None, redoc_url=None, openapi_url=None)
-    _install_error_handlers(app)
-    if cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
+def _key_check(api_keys: Sequence[str]) -> Callable[[Request], None]:
+    """The dependency that wants `Authorization: Bearer <key>` with one of `api_keys` (none: open)."""
     keys = [k.encode() for k in api_keys]
-    started = int(time.time())
 
     def authorized(request: Request) -> None:
         if not keys:
@@ -194,11 +187,24 @@ def create_app(service: ChatService, api_keys: Sequence[str] = (), cors_origins:
         if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip().encode(), k) for k in keys):
             raise ApiError(401, "invalid or missing API key (send Authorization: Bearer <key>)",
                            code="invalid_api_key")
+    return authorized
 
-    def check_model(name: str | None) -> None:
-        if name not in (None, service.model_id):
-            raise ApiError(404, f"The model `{name}` does not exist (this server has `{service.model_id}`).",
-                           param="model", code="model_not_found")
+
+def _check_model(service: ChatService, name: str | None) -> None:
+    if name not in (None, service.model_id):
+        raise ApiError(404, f"The model `{name}` does not exist (this server has `{service.model_id}`).",
+                       param="model", code="model_not_found")
+
+
+def _started(start: Callable[[], list[TextStream]]) -> list[TextStream]:
+    try:
+        return start()
+    except GlmMsError as err:
+        raise api_error(err) from None
+
+
+def _info_routes(app: FastAPI, service: ChatService, auth: list) -> None:
+    started = int(time.time())
 
     def model_card() -> dict:
         return {"id": service.model_id, "object": "model", "created": started, "owned_by": "glm_ms",
@@ -209,31 +215,27 @@ def create_app(service: ChatService, api_keys: Sequence[str] = (), cors_origins:
         running = service.engine.running
         return JSONResponse({"status": "ok" if running else "shutting down"}, 200 if running else 503)
 
-    @app.get("/metrics", dependencies=[Depends(authorized)])
+    @app.get("/metrics", dependencies=auth)
     async def metrics() -> PlainTextResponse:
         stats = service.engine.stats()
         return PlainTextResponse(service.engine.metrics.exposition(stats["queued"], stats["active"]),
                                  media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    @app.get("/v1/models", dependencies=auth)
     async def models() -> dict:
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{name:path}", dependencies=[Depends(authorized)])
+    @app.get("/v1/models/{name:path}", dependencies=auth)
     async def model(name: str) -> dict:
-        check_model(name)
+        _check_model(service, name)
         return model_card()
 
-    def started_streams(start: Callable[[], list[TextStream]]) -> list[TextStream]:
-        try:
-            return start()
-        except GlmMsError as err:
-            raise api_error(err) from None
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
+def _generation_routes(app: FastAPI, service: ChatService, auth: list) -> None:
+    @app.post("/v1/chat/completions", dependencies=auth)
     async def chat(body: ChatRequest, request: Request):
-        check_model(body.model)
-        streams = started_streams(lambda: service.chat(body))
+        _check_model(service, body.model)
+        streams = _started(lambda: service.chat(body))
         if body.stream:
             return EventStream(_chat_events(service, body, streams), _cancel_all(streams))
         await _drain_or_raise(request, streams)
@@ -244,10 +246,10 @@ def create_app(service: ChatService, api_keys: Sequence[str] = (), cors_origins:
                             "finish_reason": finish, **_ids(body, stream)})
         return envelope("chat.completion", new_id("chatcmpl"), service.model_id, choices, usage=_usage(streams))
 
-    @app.post("/v1/completions", dependencies=[Depends(authorized)])
+    @app.post("/v1/completions", dependencies=auth)
     async def completions(body: CompletionRequest, request: Request):
-        check_model(body.model)
-        streams = started_streams(lambda: service.completion(body))
+        _check_model(service, body.model)
+        streams = _started(lambda: service.completion(body))
         if body.stream:
             return EventStream(_completion_events(service, body, streams), _cancel_all(streams))
         await _drain_or_raise(request, streams)
@@ -255,6 +257,18 @@ def create_app(service: ChatService, api_keys: Sequence[str] = (), cors_origins:
                     **_ids(body, s)} for i, s in enumerate(streams)]
         return envelope("text_completion", new_id("cmpl"), service.model_id, choices, usage=_usage(streams))
 
+
+def create_app(service: ChatService, api_keys: Sequence[str] = (), cors_origins: Sequence[str] = ()) -> FastAPI:
+    """The app serving `service`; `api_keys` non-empty turns bearer auth on; `cors_origins` allows browsers."""
+    app = FastAPI(title=f"glm_ms: {service.title}", docs_url=None, redoc_url=None, openapi_url=None)
+    _install_error_handlers(app)
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    auth = [Depends(_key_check(api_keys))]
+    _info_routes(app, service, auth)
+    _generation_routes(app, service, auth)
     return app
 
 

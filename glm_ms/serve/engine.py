@@ -211,7 +211,7 @@ class Engine:
         ids = self.model.check_ids([list(prompt_ids)])
         seq = ids.shape[1]
         if max_new_tokens is None:
-            max_new_tokens = self.capacity - seq
+            max_new_tokens = max(self.capacity - seq, 1)
         if not (isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool) and max_new_tokens >= 1):
             raise GenerationError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
         if seq + max_new_tokens > self.capacity:

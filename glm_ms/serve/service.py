@@ -63,7 +63,7 @@ class TextStream:
         stopped = self.text.stopped or event.reason == "stop"
         self.completion_tokens = len(self.token_ids)
         if self.conversation is not None:
-            raw = self.text.decode(self.text.ids)
+            raw = self.text.raw_text()
             self.reply = self.template.reply(raw, self.conversation.history, self.text.final())
         else:
             self.reply = Reply(self.text.final())

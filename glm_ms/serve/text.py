@@ -1,6 +1,8 @@
 """Generated ids → reply text, streamed as deltas that are never taken back.
 
-Every step re-decodes the answer and applies the family's reply clean-up (strip, training date, ChatGLM-6B's
+Ids are decoded incrementally (vLLM's way: a short window of recent ids is decoded twice, with and without the
+newest, and the difference is the new text), so a long answer costs the same per step as a short one. Every
+step then applies the family's reply clean-up (strip, training date, ChatGLM-6B's
 full-width punctuation next to CJK characters), then emits only the part that can no longer change: text ending
 in an incomplete UTF-8 character, a tail that could still become a stop string or the training-date placeholder,
 trailing whitespace and a trailing half-width punctuation mark wait for the next token. A stop string cuts the
@@ -47,13 +49,32 @@ class ReplyText:
         self.clean = clean
         self.stops = [s for s in stops if s]
         self.ids: list[int] = []
+        self.raw = ""          # the decoded text of ids[:self._read]
+        self._prefix = 0       # the window decoded each step starts here (its first piece's leading space is
+        self._read = 0         # dropped by the decoder both times, so the difference is exact)
         self.emitted = ""
         self.stopped = False
         self.diverged = False  # the final text does not extend what was sent (a clean-up rewrote it)
 
+    def _decoded(self, final: bool = False) -> str | None:
+        """The raw text of every id; None while the newest ids end inside a UTF-8 character (unless `final`)."""
+        before = self.decode(self.ids[self._prefix:self._read])
+        after = self.decode(self.ids[self._prefix:])
+        if not after.startswith(before):  # the newest id changed text already read: decode everything once
+            self.raw, self._prefix, self._read = self.decode(self.ids), max(len(self.ids) - 1, 0), len(self.ids)
+            return None if self.raw.endswith("\ufffd") and not final else self.raw
+        if after.endswith("\ufffd") and not final:  # an incomplete UTF-8 character: wait for its other bytes
+            return None
+        if final:
+            return self.raw + after[len(before):]
+        if len(after) > len(before):
+            self.raw += after[len(before):]
+            self._prefix, self._read = self._read, len(self.ids)
+        return self.raw
+
     def _current(self) -> tuple[str | None, bool]:
-        raw = self.decode(self.ids)
-        if raw.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its other bytes
+        raw = self._decoded()
+        if raw is None:
             return None, False
         text = self.clean(raw, False)
         if text is None:  # held back; a stop string in what it would read as if it ended here still ends it
@@ -77,11 +98,15 @@ class ReplyText:
 
     def final(self) -> str:
         """The whole reply text as `clean` makes it of everything generated (cut at a stop string)."""
-        return cut_at_stop(self.clean(self.decode(self.ids), True), self.stops)[0]
+        return cut_at_stop(self.clean(self.raw_text(), True), self.stops)[0]
+
+    def raw_text(self) -> str:
+        """The decoded text of every id pushed so far."""
+        return self._decoded(final=True)
 
     def finish(self) -> str:
         """The text not emitted yet, once generation has ended."""
-        text, cut = cut_at_stop(self.clean(self.decode(self.ids), True), self.stops)
+        text, cut = cut_at_stop(self.clean(self.raw_text(), True), self.stops)
         self.stopped = self.stopped or cut
         self.diverged = self.diverged or not text.startswith(self.emitted)
         return self._advance(text)
