@@ -21,6 +21,7 @@ from .protocol import DONE, ChatRequest, CompletionRequest, envelope, error_body
 from .service import ChatService, TextStream, merged
 
 DISCONNECT_POLL_S = 0.5  # how often a non-streamed request checks that its client is still there
+MAX_BODY_BYTES = 16 * 2**20  # a request body beyond this is refused (413) before it is read into memory
 
 
 class ApiError(Exception):
@@ -64,6 +65,31 @@ class EventStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.on_close()
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over `limit` bytes (declared or streamed), as an OpenAI error."""
+
+    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        too_big = ApiError(413, f"the request body is over {self.limit} bytes", code="body_too_large").response()
+        if not declared.isdigit() or int(declared) > self.limit:
+            return await too_big(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise ApiError(413, f"the request body is over {self.limit} bytes", code="body_too_large")
+            return message
+        await self.app(scope, counted, send)
 
 
 def _cancel_all(streams: Sequence[TextStream]) -> Callable[[], None]:
@@ -262,6 +288,7 @@ def create_app(service: ChatService, api_keys: Sequence[str] = (), cors_origins:
     """The app serving `service`; `api_keys` non-empty turns bearer auth on; `cors_origins` allows browsers."""
     app = FastAPI(title=f"glm_ms: {service.title}", docs_url=None, redoc_url=None, openapi_url=None)
     _install_error_handlers(app)
+    app.add_middleware(BodyLimit)
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],

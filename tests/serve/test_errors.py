@@ -43,6 +43,13 @@ def test_bad_json_and_invalid_fields_are_400(servers):
     assert error_of(post(server, chat(n=100)), 400)["param"] == "n"
 
 
+def test_a_huge_body_is_413(servers):
+    server, _ = servers(FAMILY)
+    from glm_ms.serve.app import MAX_BODY_BYTES
+    body = json.dumps(chat(messages=[{"role": "user", "content": "x" * MAX_BODY_BYTES}]))
+    assert error_of(post(server, body), 413)["code"] == "body_too_large"
+
+
 def test_unknown_model_and_route_are_404(servers):
     server, _ = servers(FAMILY)
     error = error_of(post(server, chat(model="gpt-4")), 404)
