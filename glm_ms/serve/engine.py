@@ -280,26 +280,36 @@ class Engine:
             self._started.set()
             return
         self._started.set()
-        while True:
+        try:
+            while self._serve_once():
+                pass
+        except BaseException:  # a bug here must end every request with an error, never leave one waiting
+            log.exception("the engine stopped on an unexpected error")
             with self._lock:
-                while not self._stopping and not self._waiting and all(r is None for r in self._rows):
-                    self._lock.wait()
-                if self._stopping:
-                    break
-                self._free_cancelled()
-                # While rows decode, one request joins per step: a prefill stalls every busy row, so a burst of
-                # arrivals delays their tokens by one prefill at a time, not by all of them at once.
-                free = self._rows.count(None)
-                room = free if free == self.slots else min(free, 1)
-                joining = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
-                self._joining = len(joining)
-            for handle in joining:
-                self._join(handle)
-                with self._lock:
-                    self._joining -= 1
-            if any(r is not None for r in self._rows):
-                self._decode()
+                self._stopping = True
         self._fail_all()
+
+    def _serve_once(self) -> bool:
+        """Wait for work, let waiting requests join free rows, run one decode step; False once stopping."""
+        with self._lock:
+            while not self._stopping and not self._waiting and all(r is None for r in self._rows):
+                self._lock.wait()
+            if self._stopping:
+                return False
+            self._free_cancelled()
+            # While rows decode, one request joins per step: a prefill stalls every busy row, so a burst of
+            # arrivals delays their tokens by one prefill at a time, not by all of them at once.
+            free = self._rows.count(None)
+            room = free if free == self.slots else min(free, 1)
+            joining = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+            self._joining = len(joining)
+        for handle in joining:
+            self._join(handle)
+            with self._lock:
+                self._joining -= 1
+        if any(r is not None for r in self._rows):
+            self._decode()
+        return True
 
     def _free_cancelled(self) -> None:
         for index, row in enumerate(self._rows):

@@ -83,7 +83,8 @@ def serve_on_ray(args: argparse.Namespace) -> int:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(build_app(args), name="glm_ms", route_prefix="/", blocking=False)
         log.info("serving on Ray Serve at http://%s:%d/v1 with %d replicas", args.host, args.port, args.replicas)
-        stop.wait()
+        while not stop.wait(0.5):  # a timed wait lets the signal handlers run promptly
+            pass
     finally:
         serve.shutdown()
         ray.shutdown()
