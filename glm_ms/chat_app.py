@@ -13,20 +13,28 @@ import contextlib
 import dataclasses
 import html
 import logging
+import signal
 import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from . import families
+from .cli_chat import CtrlC, run_interruptibly
 from .errors import GlmMsError
 from .loading import DEMO_NOTE, add_model_arguments, chat_defaults, is_demo, load_from_args, response_text
 from .render import has_lone_surrogates, render_message, repair_surrogates
+
+if TYPE_CHECKING:  # the serving engine imports MindSpore; this module loads it only in `main`
+    from .serve.sampling import Sampling
+    from .serve.service import ChatService, TextStream
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"  # this machine only; binding 0.0.0.0 is an explicit choice (--host)
 DEFAULT_PORT = 7860
+DEFAULT_SLOTS = 4
 MAX_MESSAGE_CHARS = 32_000  # more than a prompt that fits the models' context; rendering it stays instant
 PREVIEW_CHARS = 500         # how much of a refused long message the transcript shows
 
@@ -103,34 +111,46 @@ _NOTE_CSS = """
 
 # ----------------------------------------------------------------------------- the page
 
+TOP_K = 50  # generate's default, which upstream's sampling chat inherits
+
+
+@dataclasses.dataclass
+class Running:
+    """An answer being generated: its stream, and whether Clear History (not Stop) ended it."""
+    stream: TextStream
+    cleared: threading.Event = dataclasses.field(default_factory=threading.Event)
+
 
 class Answers:
-    """The answer each session is generating, so that Clear History stops it whoever clears (the page or an API
-    client: the browser's own `cancels=` reaches only the browser's events)."""
+    """The answer each session is generating, so that Stop and Clear History end it at once, whoever asks (the
+    page or an API client: the browser's own `cancels=` reaches only the browser's events, and only when the
+    generator next yields)."""
 
     def __init__(self) -> None:
         self.guard = threading.Lock()
-        self.running: dict[str, threading.Event] = {}
+        self.running: dict[str, Running] = {}
 
     @contextlib.contextmanager
-    def start(self, session: str) -> Iterator[threading.Event]:
-        """Register an answer of `session` while the block runs; yields the event `cancel` sets."""
-        cancelled = threading.Event()
+    def start(self, session: str, stream: TextStream) -> Iterator[Running]:
+        """Register `stream` as the answer of `session` while the block runs."""
+        running = Running(stream)
         with self.guard:
-            self.running[session] = cancelled
+            self.running[session] = running
         try:
-            yield cancelled
+            yield running
         finally:
             with self.guard:
-                if self.running.get(session) is cancelled:
+                if self.running.get(session) is running:
                     del self.running[session]
 
-    def cancel(self, session: str) -> None:
-        """Ask the answer `session` is generating, if any, to stop at its next token."""
+    def stop(self, session: str, clear: bool = False) -> None:
+        """End the answer `session` is generating, if any: its row is freed before the next decode step."""
         with self.guard:
-            cancelled = self.running.get(session)
-        if cancelled is not None:
-            cancelled.set()
+            running = self.running.get(session)
+        if running is not None:
+            if clear:
+                running.cleared.set()
+            running.stream.cancel()
 
 
 def new_session() -> str:
@@ -139,38 +159,52 @@ def new_session() -> str:
 
 
 class ChatHandlers:
-    """What the page's events run: one model, answering one message at a time, for every session."""
+    """What the page's events run: every session's answers go to one ChatService, whose engine decodes them
+    together (each answer is one row of its batch)."""
 
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
-        self.lock = threading.Lock()  # one generation at a time: the KV cache belongs to the model
+    def __init__(self, service: ChatService):
+        self.service = service
         self.answers = Answers()
 
-    def generate(self, turns: list[Turn], history: list, cancelled: threading.Event, max_length, top_p,
-                 temperature, seed) -> Iterator[tuple]:
-        """Stream the answer into the last turn, yielding page updates; returns what the input box keeps."""
+    @staticmethod
+    def sampling(top_p, temperature, seed) -> Sampling:
+        """Upstream's `do_sample=True` with the sliders' top_p and temperature (and generate's top_k)."""
+        from .serve.sampling import Sampling
+        return Sampling(temperature=float(temperature), top_p=float(top_p), top_k=TOP_K,
+                        seed=None if seed is None else int(seed))
+
+    def generate(self, turns: list[Turn], history: list, session: str, max_length, top_p, temperature,
+                 seed) -> Iterator[tuple]:
+        """Stream the answer into the last turn, yielding page updates; returns (what the input box keeps,
+        whether Clear History ended the answer)."""
         turn = turns[-1]
+        cleared = False
         try:
-            settings = dict(max_length=int(max_length), top_p=float(top_p), temperature=float(temperature),
-                            do_sample=True, seed=None if seed is None else int(seed))
-            with self.lock:
-                stream = self.model.stream_chat(self.tokenizer, turn.query, history, include_last=True, **settings)
+            stream = self.service.submit_turn(turn.query, history, int(max_length),
+                                              self.sampling(top_p, temperature, seed))
+            with self.answers.start(session, stream) as running:
                 try:
-                    for response, _ in stream:
-                        turn.response = response_text(response)  # a ChatGLM3 tool call arrives as a dict
-                        yield "", render_transcript(turns, pending=True), turns, history + [(turn.query, turn.response)]
-                        if cancelled.is_set():
-                            break
+                    shown = None
+                    for delta in stream.steps():
+                        if delta or shown is None:
+                            turn.response += delta
+                            shown = ("", render_transcript(turns, pending=True), turns,
+                                     history + [(turn.query, turn.response)])
+                        # Every decode step yields, also without new text: a cancelled event (Stop) closes the
+                        # generator at its next yield, and the `finally` frees the row.
+                        yield shown
+                    cleared = running.cleared.is_set()
+                    if not cleared:
+                        turn.response = response_text(stream.chat_result()[0])  # a ChatGLM3 tool call is a dict
                 finally:
-                    stream.close()  # frees the model for the next answer, also when Stop closes this generator
-        # ValueError: the checks in generation and chat that are not GenerationError yet
+                    stream.cancel()
         except GlmMsError as err:  # too long for max_length, a setting out of range: the user can fix it
             turn.error = f"Cannot answer: {err}"
-            return "" if turn.response else turn.query
+            return ("" if turn.response else turn.query), False
         except Exception as err:  # the page stays up; the traceback goes to the server log
             log.exception("generation failed")
             turn.error = f"Generation failed ({type(err).__name__}: {err}). The page is still running; try again."
-        return ""
+        return "", cleared
 
     def respond(self, query, turns, max_length, top_p, temperature, seed, session) -> Iterator[tuple]:
         """Submit: (input box, transcript HTML, turns, history) after each step of the answer."""
@@ -186,16 +220,20 @@ class ChatHandlers:
         history = history_of(turns)
         turns.append(Turn(query))
         yield "", render_transcript(turns, pending=True), turns, history
-        with self.answers.start(session) as cancelled:
-            keep_query = yield from self.generate(turns, history, cancelled, max_length, top_p, temperature, seed)
-        if cancelled.is_set():  # cleared while answering: end on the empty page, whatever was shown last
+        keep_query, cleared = yield from self.generate(turns, history, session, max_length, top_p, temperature,
+                                                       seed)
+        if cleared:  # cleared while answering: end on the empty page, whatever was shown last
             yield "", render_transcript([]), [], []
             return
         yield keep_query, render_transcript(turns), turns, history_of(turns)
 
+    def stop(self, session: str) -> None:
+        """Stop: end this session's answer now (the event's own cancellation closes the generator)."""
+        self.answers.stop(session)
+
     def clear(self, session: str) -> tuple:
         """Clear History: stop this session's answer, empty its transcript."""
-        self.answers.cancel(session)
+        self.answers.stop(session, clear=True)
         return "", render_transcript([]), [], []
 
     def redraw(self, turns: list[Turn] | None) -> tuple:
@@ -203,16 +241,17 @@ class ChatHandlers:
         return render_transcript(turns or []), history_of(turns or [])
 
 
-def build_demo(model, tokenizer, *, title: str = "ChatGLM on MindSpore", demo_note: str | None = None,
+def build_demo(service: ChatService, *, title: str = "ChatGLM on MindSpore", demo_note: str | None = None,
                max_length: int = 2048, top_p: float = 0.7, temperature: float = 0.95):
     """The chat page: streaming answers, Stop, Clear History, sliders, history per browser session.
 
-    Call `.queue()` before launching (`main` does): the model is not re-entrant, so answers are generated one at
-    a time, also guarded by a lock. Sampling is upstream's (`do_sample=True`); a seed in "Advanced" makes it
-    reproducible.
+    Up to `service.engine.slots` answers stream at once, decoded together by the engine; later visitors wait
+    in Gradio's queue. The max_length slider goes up to the engine's row length. Sampling is upstream's
+    (`do_sample=True`); a seed in "Advanced" makes it reproducible.
     """
     import gradio as gr
-    chat = ChatHandlers(model, tokenizer)
+    chat = ChatHandlers(service)
+    longest = service.engine.capacity
 
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.HTML(f"<h2>{html.escape(title)}</h2>", js_on_load=None)
@@ -222,7 +261,7 @@ def build_demo(model, tokenizer, *, title: str = "ChatGLM on MindSpore", demo_no
         transcript = gr.HTML(render_transcript([]), css_template=_CSS, js_on_load=None, autoscroll=True,
                              elem_id="transcript")
         turns_state = gr.State([])
-        session = gr.State(new_session)  # called once per session: the key Clear History cancels by
+        session = gr.State(new_session)  # called once per session: the key Stop and Clear History act on
         history_json = gr.JSON([], visible=False, label="history")  # the raw [(query, response)] for API clients
         with gr.Row():
             with gr.Column(scale=4):
@@ -235,8 +274,8 @@ def build_demo(model, tokenizer, *, title: str = "ChatGLM on MindSpore", demo_no
             with gr.Column(scale=4):
                 clear_btn = gr.Button("Clear History", elem_id="clear")
             with gr.Column(scale=1, min_width=120):
-                max_length_slider = gr.Slider(1, 4096, value=max_length, step=1, label="Maximum length",
-                                              interactive=True)
+                max_length_slider = gr.Slider(1, longest, value=min(max_length, longest), step=1,
+                                              label="Maximum length", interactive=True)
                 top_p_slider = gr.Slider(0.01, 1, value=top_p, step=0.01, label="Top P", interactive=True)
                 temperature_slider = gr.Slider(0.01, 1, value=temperature, step=0.01, label="Temperature",
                                                interactive=True)
@@ -246,12 +285,12 @@ def build_demo(model, tokenizer, *, title: str = "ChatGLM on MindSpore", demo_no
         inputs = [query_box, turns_state, max_length_slider, top_p_slider, temperature_slider, seed_box, session]
         outputs = [query_box, transcript, turns_state, history_json]
         chat_args = dict(fn=chat.respond, inputs=inputs, outputs=outputs, show_progress="minimal",
-                         concurrency_limit=1, concurrency_id="model")
+                         concurrency_limit=service.engine.slots, concurrency_id="model")
         clicked = submit_btn.click(api_name="chat", **chat_args)
         entered = query_box.submit(api_visibility="private", **chat_args)
         running = [clicked, entered]
-        # Cancelling closes the generator (its `finally` releases the lock); redraw drops the pending cursor.
-        stop_btn.click(None, cancels=running, api_visibility="private").then(
+        # Stop ends the answer in the engine at once; cancelling closes the generator; redraw drops the cursor.
+        stop_btn.click(chat.stop, session, None, cancels=running, queue=False, api_visibility="private").then(
             chat.redraw, turns_state, [transcript, history_json], queue=False, api_name="redraw")
         clear_btn.click(chat.clear, session, [query_box, transcript, turns_state, history_json], cancels=running,
                         queue=False, api_name="clear")
@@ -274,10 +313,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     web.add_argument("--max-length", type=int, default=None,
                      help="starting value of the max_length slider (default: the model family's, "
                           + ", ".join(f"{row.title} {row.chat.max_length}" for row in families.FAMILIES.values())
-                          + ")")
+                          + "); the slider goes up to the larger of this and the family's")
+    web.add_argument("--slots", type=int, default=DEFAULT_SLOTS,
+                     help=f"answers generated at once, decoded together (default {DEFAULT_SLOTS}); more visitors "
+                          "wait in the queue")
     web.add_argument("--queue-size", type=int, default=None,
                      help="most requests waiting in the queue (default: no limit)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.slots < 1:
+        parser.error("--slots must be >= 1")
+    return args
 
 
 def launch_kwargs(args: argparse.Namespace) -> dict:
@@ -285,26 +330,57 @@ def launch_kwargs(args: argparse.Namespace) -> dict:
     return dict(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False, show_error=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`glm-ms-web`: load the model, serve the page until interrupted; 1 with a one-line error if loading fails."""
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        model, tokenizer = load_from_args(args)
-    except GlmMsError as err:
-        print(f"glm-ms-web: error: {err}", file=sys.stderr)
-        return 1
+def build_service(args: argparse.Namespace) -> tuple[ChatService, dict]:
+    """Load the model and start its engine; (the service, the sliders' starting values)."""
+    from .serve.cli import prefer_batched_kernels
+    from .serve.engine import Engine
+    from .serve.service import ChatService
+    prefer_batched_kernels(args.slots)  # before MindSpore starts
+    model, tokenizer = load_from_args(args)
     defaults = chat_defaults(model)
     if args.max_length is not None:
         defaults["max_length"] = args.max_length
+    # A row holds the longest answer the slider allows; Gradio's queue lets no more than `slots` answers in, the
+    # engine's own queue only covers a row still being freed when the next answer starts.
+    engine = Engine(model, slots=args.slots, max_queue=args.slots,
+                    capacity=max(defaults["max_length"], chat_defaults(model)["max_length"]))
+    engine.warmup(tokenizer.encode("hi"))
+    return ChatService(engine, tokenizer, str(args.model)), defaults
+
+
+def serve(args: argparse.Namespace, signals: CtrlC) -> int:
+    """Load, serve the page until SIGINT / SIGTERM, then stop the page and the engine; the exit status."""
+    try:
+        service, defaults = run_interruptibly(lambda: build_service(args), signals)
+    except GlmMsError as err:
+        print(f"glm-ms-web: error: {err}", file=sys.stderr)
+        return 1
+    model = service.engine.model
     title = f"{families.get(model.config.family).title} on MindSpore"
-    demo = build_demo(model, tokenizer, title=title, demo_note=DEMO_NOTE if is_demo(args.model) else None,
-                      **defaults)
+    demo = build_demo(service, title=title, demo_note=DEMO_NOTE if is_demo(args.model) else None, **defaults)
     if is_demo(args.model):
         log.warning(DEMO_NOTE)
-    demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
-    demo.launch(**launch_kwargs(args))
+    demo.queue(max_size=args.queue_size, default_concurrency_limit=args.slots)
+    try:
+        demo.launch(prevent_thread_lock=True, **launch_kwargs(args))
+        if signals.enabled:
+            log.info("%s: shutting down", signal.Signals(signals.wait(None)).name)
+        else:  # no signal masks here: Gradio's own wait, which ends on Ctrl-C
+            demo.block_thread()
+    finally:
+        service.engine.shutdown(timeout=0)  # answers still streaming end with a message now
+        demo.close()
+        service.engine.shutdown()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`glm-ms-web`: load the model, serve the page until Ctrl-C / SIGTERM (exit 0); 1 if loading fails."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # MindSpore re-installs its own SIGINT handler (which SIGTERMs the process) whenever it runs the model, so no
+    # handler can be relied on: both signals stay blocked in every thread and this thread waits for them.
+    return serve(args, CtrlC(signals=(signal.SIGINT, signal.SIGTERM)).block())
 
 
 if __name__ == "__main__":
