@@ -89,6 +89,30 @@ def test_cancel_frees_the_row_and_ends_the_stream():
         e.shutdown()
 
 
+def test_cancel_frees_the_row_before_the_next_step():
+    e = Engine(fresh_model("chatglm2"), slots=1, capacity=256,
+               logits_processor=[lambda ids, scores: (time.sleep(0.01), scores)[1]])
+    try:
+        running = e.submit(tiny("chatglm2").tokenizer.encode("你好"), 200)
+        late_steps = []  # decode steps that began after cancel() and still decoded its row
+        step = e.rows.step
+
+        def recording(tokens, active, greedy):
+            if running.cancelled and active[0]:
+                late_steps.append(1)
+            return step(tokens, active, greedy)
+
+        e.rows.step = recording
+        events = iter(running)
+        next(events), next(events)
+        running.cancel()
+        assert list(events)[-1].reason == "cancelled"
+        assert e.stats()["active"] == 0
+        assert len(late_steps) <= 1  # at most the step that had already begun when cancel() came
+    finally:
+        e.shutdown()
+
+
 def test_shutdown_ends_running_and_queued_requests():
     e = Engine(fresh_model("chatglm-6b"), slots=1, capacity=256,
                logits_processor=[lambda ids, scores: (time.sleep(0.01), scores)[1]])
