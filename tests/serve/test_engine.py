@@ -2,13 +2,12 @@
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from glm_ms.generation import InvalidScoreLogitsProcessor
 from glm_ms.serve.engine import Engine, EngineStopped, Finished, QueueFull, RequestTooLong, TokenEvent
 from glm_ms.serve.sampling import Sampling
-from tests.serve.servers import HANG_S, fresh_model
+from tests.serve.servers import fresh_model
 from tests.support import FAMILIES, tiny
 
 QUESTIONS = ["你好", "hello world, how are you today?", "什么是机器学习？请详细地解释一下。", "a", "天气不错"]
