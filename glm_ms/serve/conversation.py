@@ -9,8 +9,8 @@ The model's own chat code decides the prompt, so an answer over HTTP equals `mod
   `role: "tool"` an observation. A reply whose first line names a tool and whose code block parses (with `ast`,
   never evaluated) becomes `tool_calls`.
 
-Which of these a model follows is read from its chat mixin (`roles`, `build_inputs`, `stop_ids`,
-`process_response`), never from a family name.
+Which of these a model follows, its prompt ids and its reply clean-up are read from the turn API of its chat
+mixin (`roles`, `prompt_ids`, `stop_ids`, `answer_text`, `reply`; see glm_ms.chat), never from a family name.
 """
 from __future__ import annotations
 
@@ -19,12 +19,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..chat import fit_prompt, process_response, process_response_glm3
 from ..errors import GenerationError
 
 # ChatGLM3's upstream demos introduce the tools with this system message.
 TOOLS_PROMPT = "Answer the following questions as best as you can. You have access to the following tools:"
-UNLIMITED = 1 << 62  # prompts are never shortened here: a prompt that does not fit is refused instead
 
 
 class ConversationError(GenerationError):
@@ -80,9 +78,8 @@ class ChatTemplate:
     def __init__(self, model, tokenizer):
         self.model = model
         self.tokenizer = tokenizer
-        self.roles = tuple(getattr(model, "roles", ()))
-        stops = model.stop_ids(tokenizer) if hasattr(model, "stop_ids") else [model.config.eos_token_id]
-        self.stop_ids = tuple(int(s) for s in stops)
+        self.roles = tuple(model.roles)
+        self.stop_ids = tuple(int(s) for s in model.stop_ids(tokenizer))
 
     # ----- messages → prompt
     def prompt(self, messages: list[dict], tools: list[dict] | None = None) -> Conversation:
@@ -110,13 +107,16 @@ class ChatTemplate:
         if len(turns) % 2 == 0:
             raise ConversationError("before the last message, this model takes user/assistant pairs in turn")
         query = "".join(system) + message_text(turns[-1])
-        if hasattr(self.model, "build_inputs"):
-            if not query.strip():
-                raise ConversationError("the query is empty")
-            ids = self.model.build_inputs(self.tokenizer, query, history)["input_ids"][0].tolist()
-        else:
-            ids = fit_prompt(self.tokenizer, query, history, UNLIMITED)
-        return Conversation(self, ids, history)
+        if not query.strip():
+            raise ConversationError("the query is empty")
+        # No max_length: a prompt is never shortened here; one that does not fit a row is refused instead.
+        return Conversation(self, self.model.prompt_ids(self.tokenizer, query, history), history, query)
+
+    def turn(self, query: str, history: list, max_length: int) -> Conversation:
+        """A turn as `model.chat` takes it: `query` after the model's own `history`, the oldest turns left out
+        until an answer fits in `max_length` tokens (prompt + answer)."""
+        ids = self.model.prompt_ids(self.tokenizer, query, history, max_length=max_length)
+        return Conversation(self, ids, history, query)
 
     def _role_prompt(self, messages: list[dict], tools: list[dict] | None) -> Conversation:
         history: list[dict] = []
@@ -127,8 +127,8 @@ class ChatTemplate:
         last = history.pop()
         if last["role"] not in ("user", "observation"):
             raise ConversationError("the last message must come from the user or a tool")
-        ids = self.tokenizer.build_chat_input(last["content"], history=history, role=last["role"])
-        return Conversation(self, ids["input_ids"][0].tolist(), history)
+        ids = self.model.prompt_ids(self.tokenizer, last["content"], history, role=last["role"])
+        return Conversation(self, ids, history, last["content"], last["role"])
 
     def _role_messages(self, message: dict, history: list[dict]) -> list[dict]:
         role = message.get("role")
@@ -152,37 +152,40 @@ class ChatTemplate:
             return out
         raise ConversationError(f"unknown message role {role!r} (system, user, assistant or tool)")
 
-    # ----- generated text → reply
-    def clean(self, raw: str, history: list, done: bool) -> str | None:
-        """The reply text of `raw` so far; None while a ChatGLM3 first line may still name a tool (not `done`)."""
-        if self.roles:
-            if not done:
-                metadata, newline, _ = raw.partition("\n")
-                if not newline or metadata.strip():
-                    return None
-            content = process_response_glm3(raw, history)[0]
-            return content if isinstance(content, str) else str(content.get("content", "")) if \
-                "parameters" not in content else ""
-        if hasattr(self.model, "process_response"):
-            return self.model.process_response(raw)
-        return process_response(raw)
-
-    def reply(self, raw: str, history: list, text: str) -> Reply:
-        """The finished reply: `text` (already cleaned and cut at stops), or the tool call `raw` makes."""
-        if self.roles:
-            content = process_response_glm3(raw, history)[0]
-            if isinstance(content, dict) and "parameters" in content:
-                return Reply("", (ToolCall(content["name"], json.dumps(content["parameters"], ensure_ascii=False)),))
-        return Reply(text)
 
 
 @dataclass
 class Conversation:
-    """The prompt ids of one chat request and the history its reply is read against."""
+    """One chat request: its prompt ids, and the query (sent as `role`) and history its reply is read against."""
     template: ChatTemplate
     ids: list[int]
     history: list[Any]
+    query: str
+    role: str | None = None
+
+    def response(self, raw: str) -> Any:
+        """The model's response to generated text `raw`: text, or (ChatGLM3) a tool-call dict."""
+        return self.template.model.reply(raw, self.query, self.history, self.role)[0]
 
     def clean(self, raw: str, done: bool) -> str | None:
-        """`ChatTemplate.clean` for this conversation."""
-        return self.template.clean(raw, self.history, done)
+        """The reply text of `raw` so far; None while a ChatGLM3 first line may still name a tool (not `done`)."""
+        if self.template.roles and not done:
+            metadata, newline, _ = raw.partition("\n")
+            if not newline or metadata.strip():
+                return None
+        content = self.response(raw)
+        if isinstance(content, str):
+            return content
+        return "" if "parameters" in content else str(content.get("content", ""))
+
+    def reply(self, raw: str, text: str) -> Reply:
+        """The finished reply: `text` (already cleaned and cut at stops), or the tool call `raw` makes."""
+        content = self.response(raw)
+        if isinstance(content, dict) and "parameters" in content:
+            return Reply("", (ToolCall(content["name"], json.dumps(content["parameters"], ensure_ascii=False)),))
+        return Reply(text)
+
+    def chat_result(self, new_ids: list[int]) -> tuple[Any, list]:
+        """(response, history) as `model.chat` returns them when it has generated `new_ids` (stop token included)."""
+        model = self.template.model
+        return model.reply(model.answer_text(self.template.tokenizer, new_ids), self.query, self.history, self.role)

@@ -1,16 +1,20 @@
 """The OpenAI semantics on top of the engine, without HTTP: requests → prompts → `TextStream`s of reply text.
 
-`ChatService.submit_chat(messages, ...)` is also the in-process API for other front ends (the chat page): a
-`TextStream` is iterated (plainly or with `async for`) for text deltas, `cancel()` frees its row before the next
-decode step, and afterwards `reply`, `finish_reason` and the token counts tell how it ended.
+`ChatService.submit_chat(messages, ...)` is also the in-process API for other front ends: a `TextStream` is
+iterated (plainly or with `async for`) for text deltas, `cancel()` frees its row before the next decode step, and
+afterwards `reply`, `finish_reason` and the token counts tell how it ended. `submit_turn(query, history, ...)` is
+the same for a turn as `model.chat` takes it (the chat page): the model's own history, shortened to fit
+`max_length`, and `chat_result()` at the end is what `model.chat` returns for the generated ids.
 """
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .. import families
+from ..errors import GenerationError
 from .conversation import ChatTemplate, Conversation, Reply
 from .engine import Engine, Finished, Handle, TokenEvent
 from .protocol import ChatRequest, CompletionRequest
@@ -21,11 +25,9 @@ from .text import ReplyText
 class TextStream:
     """One choice being generated: iterate for text deltas; then read `reply`, `finish_reason` and the counts."""
 
-    def __init__(self, handle: Handle, text: ReplyText, template: ChatTemplate | None = None,
-                 conversation: Conversation | None = None):
+    def __init__(self, handle: Handle, text: ReplyText, conversation: Conversation | None = None):
         self.handle = handle
         self.text = text
-        self.template = template
         self.conversation = conversation
         self.reply: Reply | None = None
         self.finish_reason: str | None = None
@@ -63,18 +65,28 @@ class TextStream:
         stopped = self.text.stopped or event.reason == "stop"
         self.completion_tokens = len(self.token_ids)
         if self.conversation is not None:
-            raw = self.text.raw_text()
-            self.reply = self.template.reply(raw, self.conversation.history, self.text.final())
+            self.reply = self.conversation.reply(self.text.raw_text(), self.text.final())
         else:
             self.reply = Reply(self.text.final())
         self.finish_reason = "tool_calls" if self.reply.tool_calls else ("stop" if stopped else "length")
         return delta
 
     def __iter__(self) -> Iterator[str]:
-        for event in self.handle:
-            delta = self._on(event)
+        for delta in self.steps():
             if delta:
                 yield delta
+
+    def steps(self) -> Iterator[str]:
+        """Like iterating, but one delta per generated token, '' when it added no final text yet: a consumer that
+        must react between tokens (to be closed, to check a flag) gets control back at every decode step."""
+        for event in self.handle:
+            yield self._on(event)
+
+    def chat_result(self) -> tuple[Any, list]:
+        """After a `submit_turn` stream ended: (response, history) as `model.chat` returns them for its ids."""
+        if self.conversation is None or self.finish_reason is None:
+            raise GenerationError("chat_result() needs a finished chat stream")
+        return self.conversation.chat_result(self.token_ids)
 
     async def __aiter__(self) -> AsyncIterator[str]:
         async for event in self.handle:
@@ -119,7 +131,18 @@ class ChatService:
         sampling = sampling or Sampling(self.defaults.temperature, self.defaults.top_p, self.defaults.top_k)
         handle = self.engine.submit(conversation.ids, max_tokens, sampling, self.template.stop_ids)
         text = ReplyText(self.tokenizer.decode, conversation.clean, stop)
-        return TextStream(handle, text, self.template, conversation)
+        return TextStream(handle, text, conversation)
+
+    def submit_turn(self, query: str, history: list | None, max_length: int, sampling: Sampling) -> TextStream:
+        """Start one answer as `model.chat(query, history, max_length=...)` makes it: history in the model's own
+        form, the oldest turns left out until an answer fits, `max_length` counting prompt and answer.
+
+        Raises GenerationError (empty query, no room for an answer, longer than a row), QueueFull, EngineStopped.
+        """
+        conversation = self.template.turn(query, list(history or []), max_length)
+        handle = self.engine.submit(conversation.ids, max(max_length - len(conversation.ids), 1), sampling,
+                                    self.template.stop_ids)
+        return TextStream(handle, ReplyText(self.tokenizer.decode, conversation.clean), conversation)
 
     def chat(self, request: ChatRequest) -> list[TextStream]:
         """The request's n choices, submitted (all or none: a refusal cancels those already queued)."""

@@ -1,4 +1,4 @@
-"""`glm-ms-serve` as users start it: --help, serving, and SIGTERM mid-stream (an error chunk, then exit 0)."""
+"""`glm-ms-serve` as users start it: --help, serving, SIGTERM mid-stream (an error chunk, then exit 0), Ctrl-C."""
 import json
 import os
 import signal
@@ -39,27 +39,32 @@ def free_port():
         return s.getsockname()[1]
 
 
+def start_server(*flags):
+    """`python -m glm_ms.serve.cli` on the tiny ChatGLM-6B and a free port, once /health answers: (process, base)."""
+    port = free_port()
+    command = [sys.executable, "-m", "glm_ms.serve.cli", "--model", str(tiny("chatglm-6b").dir), "--port", str(port),
+               "--served-model-name", "tiny", "--log-level", "warning", *flags]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
+    deadline = time.monotonic() + HANG_S
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            assert process.poll() is None, process.stdout.read().decode()
+            time.sleep(0.3)
+    return process, f"http://127.0.0.1:{port}"
+
+
 @pytest.mark.server
 @pytest.mark.slow
 def test_sigterm_mid_stream_sends_an_error_chunk_and_exits_0():
-    port = free_port()
-    command = [sys.executable, "-m", "glm_ms.serve.cli", "--model", str(tiny("chatglm-6b").dir), "--port", str(port),
-               "--slots", "2", "--max-model-len", "2048", "--served-model-name", "tiny", "--log-level", "warning"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
+    process, base = start_server("--slots", "2", "--max-model-len", "2048")
     try:
-        deadline = time.monotonic() + HANG_S
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert process.poll() is None, process.stdout.read().decode()
-                time.sleep(0.3)
         body = {"model": "tiny", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 2000,
                 "temperature": 0, "stream": True}
         events = []
-        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body,
-                          timeout=HANG_S) as response:
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=HANG_S) as response:
             for line in response.iter_lines():
                 if line:
                     events.append(line[len("data: "):])
@@ -67,6 +72,23 @@ def test_sigterm_mid_stream_sends_an_error_chunk_and_exits_0():
                     process.send_signal(signal.SIGTERM)
         assert events[-1] == "[DONE]"
         assert "shutting down" in json.loads(events[-2])["error"]["message"]
+        assert process.wait(HANG_S) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_ctrl_c_after_an_answer_exits_0():
+    # MindSpore re-installs its own SIGINT handler once it has run the model: Ctrl-C must still end cleanly
+    process, base = start_server()
+    try:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 4}
+        answer = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=HANG_S).json()
+        assert answer["usage"]["completion_tokens"] >= 1
+        process.send_signal(signal.SIGINT)
         assert process.wait(HANG_S) == 0
     finally:
         if process.poll() is None:

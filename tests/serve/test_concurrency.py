@@ -1,5 +1,4 @@
 """Many clients at once: batched answers equal solo answers; a client that leaves frees its row; a full queue."""
-import json
 import threading
 import time
 

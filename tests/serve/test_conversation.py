@@ -38,9 +38,9 @@ def test_chatglm3_messages_become_its_role_history():
     assert conversation.history == history
     assert conversation.ids == tok.build_chat_input("22C", history=history, role="observation")["input_ids"][0].tolist()
     assert tmpl.prompt([{"role": "user", "content": "hi"}], tools=[TOOL]).history[0]["content"] == TOOLS_PROMPT
-    reply = tmpl.reply("get_weather\n```python\ntool_call(city='Paris')\n```", history, "")
+    reply = conversation.reply("get_weather\n```python\ntool_call(city='Paris')\n```", "")
     assert [(c.name, json.loads(c.arguments)) for c in reply.tool_calls] == [("get_weather", {"city": "Paris"})]
-    assert tmpl.reply("\n  plain answer ", history, "plain answer").tool_calls == ()
+    assert conversation.reply("\n  plain answer ", "plain answer").tool_calls == ()
 
 
 @pytest.mark.parametrize("family", ["chatglm-6b", "chatglm2"])

@@ -2,13 +2,12 @@
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from glm_ms.generation import InvalidScoreLogitsProcessor
 from glm_ms.serve.engine import Engine, EngineStopped, Finished, QueueFull, RequestTooLong, TokenEvent
 from glm_ms.serve.sampling import Sampling
-from tests.serve.servers import HANG_S, fresh_model
+from tests.serve.servers import fresh_model
 from tests.support import FAMILIES, tiny
 
 QUESTIONS = ["你好", "hello world, how are you today?", "什么是机器学习？请详细地解释一下。", "a", "天气不错"]
@@ -85,6 +84,30 @@ def test_cancel_frees_the_row_and_ends_the_stream():
         queued_then_cancelled = e.submit(tok.encode("hi"), 3)
         queued_then_cancelled.cancel()
         assert queued_then_cancelled.tokens()[1].reason in ("cancelled", "length", "stop")
+    finally:
+        e.shutdown()
+
+
+def test_cancel_frees_the_row_before_the_next_step():
+    e = Engine(fresh_model("chatglm2"), slots=1, capacity=256,
+               logits_processor=[lambda ids, scores: (time.sleep(0.01), scores)[1]])
+    try:
+        running = e.submit(tiny("chatglm2").tokenizer.encode("你好"), 200)
+        late_steps = []  # decode steps that began after cancel() and still decoded its row
+        step = e.rows.step
+
+        def recording(tokens, active, greedy):
+            if running.cancelled and active[0]:
+                late_steps.append(1)
+            return step(tokens, active, greedy)
+
+        e.rows.step = recording
+        events = iter(running)
+        next(events), next(events)
+        running.cancel()
+        assert list(events)[-1].reason == "cancelled"
+        assert e.stats()["active"] == 0
+        assert len(late_steps) <= 1  # at most the step that had already begun when cancel() came
     finally:
         e.shutdown()
 

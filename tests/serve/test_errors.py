@@ -1,7 +1,6 @@
 """Bad requests get OpenAI error objects with real status codes; shutting down ends open streams with an error."""
 import json
 import threading
-import time
 
 import httpx
 import openai

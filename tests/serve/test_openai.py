@@ -1,6 +1,4 @@
 """The official `openai` client against a real server: answers equal the model's own chat / generate."""
-import json
-
 import openai
 import pytest
 
