@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from .adapters import resolve_adapter
 from .chat import ChatGLM2Chat, ChatGLM3Chat, ChatGLMChat
 from .families import detect, tokenizer_family
 from .generation import GenerationMixin
@@ -23,16 +24,23 @@ class _FromPretrained:
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, dtype: str | None = None, mirror: str | None = None,
                         revision: str = "master", cache_dir: str | os.PathLike | None = None,
-                        endpoint: str | None = None, family: str | None = None, **unexpected):
+                        endpoint: str | None = None, family: str | None = None, adapter: str | os.PathLike | None = None,
+                        adapter_revision: str = "master", **unexpected):
         """Load a glm-ms-convert folder, a MindNLP MindSpore-checkpoint folder, an upstream folder (torch or
         safetensors shards, read in place) or a model id with `mirror="modelscope"` (downloaded and converted
         once into the cache; later calls make no request). `cache_dir` defaults to $GLM_MS_CACHE, else
-        ~/.cache/glm_ms; `endpoint` to $MODELSCOPE_ENDPOINT, else https://modelscope.cn."""
+        ~/.cache/glm_ms; `endpoint` to $MODELSCOPE_ENDPOINT, else https://modelscope.cn.
+
+        `adapter`: a fine-tuning of that base — a peft LoRA folder (merged into the weights) or a P-tuning v2
+        checkpoint (its prefix), local or a model id fetched from the same mirror at `adapter_revision`."""
         if unexpected:  # upstream habits such as trust_remote_code=True: there is no remote code to trust
             raise TypeError(f"unexpected arguments: {', '.join(sorted(unexpected))}")
+        if adapter is not None:  # first: a bad adapter fails before the base is downloaded or built
+            adapter = resolve_adapter(adapter, mirror=mirror, revision=adapter_revision, cache_dir=cache_dir,
+                                      endpoint=endpoint)
         weights = resolve_model(path_or_id, mirror=mirror, revision=revision, cache_dir=cache_dir, endpoint=endpoint)
         found = detect(weights.path, family=family or cls.family)
-        return found.family.load("model").from_folder(weights, dtype=dtype, config=found.config)
+        return found.family.load("model").from_folder(weights, dtype=dtype, config=found.config, adapter=adapter)
 
 
 class ChatGLMForConditionalGeneration(_FromPretrained, ChatGLMChat, GenerationMixin, ChatGLMCausalLM):

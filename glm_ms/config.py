@@ -167,7 +167,7 @@ class ChatGLM2Config(_ConfigJSON):
     seq_length: int = 8192          # positions the model was trained on (rotary tables grow on demand)
     eos_token_id: int = 2           # </s>
     pad_token_id: int = 0           # <unk> doubles as pad
-    pre_seq_len: Optional[int] = None  # P-tuning v2 prefix length (not supported)
+    pre_seq_len: Optional[int] = None  # P-tuning v2 prefix length (the prefix itself: glm_ms.adapters)
     model_type: str = "chatglm"
     torch_dtype: str = "float16"
     family: str = "chatglm2"        # not in config.json: the row of glm_ms.families (ChatGLM2 or ChatGLM3)
@@ -184,8 +184,6 @@ class ChatGLM2Config(_ConfigJSON):
         if self.num_attention_heads % self.num_kv_heads:
             raise ConfigError(f"config field 'num_attention_heads' ({self.num_attention_heads}) is not divisible by "
                               f"'multi_query_group_num' ({self.multi_query_group_num})")
-        if self.pre_seq_len:
-            raise ConfigError("config field 'pre_seq_len' is set: P-tuning v2 prefix checkpoints are not supported")
         if self.fp32_residual_connection:
             raise ConfigError("config field 'fp32_residual_connection' is true: not supported")
         if not self.rope_ratio > 0:

@@ -162,8 +162,9 @@ class CompiledRunner:
 
     def _fingerprint(self) -> tuple:
         # A graph is bound to the Parameter storages present when it was compiled: new cache Parameters (another
-        # buffer shape) or weights replaced with set_data (loading, half()) need steps compiled afresh.
-        return tuple((id(p), _storage_id(p)) for _, p in self.model.parameters_and_names())
+        # buffer shape) or weights replaced with set_data (loading, half()) need steps compiled afresh, and so
+        # does a new P-tuning prefix length (a constant of the graph).
+        return (getattr(self.model, "prefix_length", 0),) + tuple((id(p), _storage_id(p)) for _, p in self.model.parameters_and_names())
 
     def step(self, mode: str, top_k: int = 0, guard_token: int | None = None, guard_score: float = 0.0) -> Any:
         """The jitted step for this token-choice mode and the model's current buffers."""

@@ -2,7 +2,8 @@
 
 A family subclass sets `config_class` (and `tied_weights` if it ties matrices), builds its `transformer` and
 provides `forward_step`, `construct`, `prefix_inputs`, `next_position_ids`, `attention_layers` and
-`position_tables` (the rotary Cell whose tables grow with the cache).
+`position_tables` (the rotary Cell whose tables grow with the cache). Its steps pass their mask and cache slots
+through `prefixed`, so a P-tuning v2 prefix sits in front of every row without the decoders knowing of it.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn
+from mindspore import Parameter, Tensor, nn, ops
 
 from ..device import default_dtype, select_device
 from ..errors import ConfigError, GenerationError, UnknownTensorError, WeightError
@@ -62,6 +63,9 @@ class CausalLM(nn.Cell):
         select_device()
         self.config = config
         self.compute_dtype = resolve_dtype(dtype or default_dtype())
+        self.prefix_cache = None  # a P-tuning v2 `adapters.PrefixCache` (float32), or None
+        self.prefix_length = 0   # cache slots it takes in front of every row (a plain int: graphs read it)
+        self.base_name = None    # what the weights came from (folder name or model id): adapters name theirs
 
     # ----- what a family provides
     def attention_layers(self) -> list[nn.Cell]:
@@ -88,10 +92,35 @@ class CausalLM(nn.Cell):
 
     # ----- static caches
     def allocate_cache(self, batch: int, capacity: int) -> None:
-        """Fresh static KV caches for `batch` rows of up to `capacity` tokens; grows rotary tables if needed."""
-        self.position_tables().ensure(capacity + 1)
-        for attention in self.attention_layers():
-            attention.kv_cache.allocate(batch, capacity, self.compute_dtype)
+        """Fresh static KV caches for `batch` rows of up to `capacity` tokens; grows rotary tables if needed.
+
+        With a P-tuning prefix every row holds it first: `prefix_length` more slots, filled here.
+        """
+        pre = self.prefix_length
+        self.position_tables().ensure(capacity + 1)  # positions are not shifted by a prefix (as upstream)
+        np_dtype = np.float16 if self.compute_dtype == ms.float16 else np.float32
+        slots = Tensor(np.arange(pre, dtype=np.int32))
+        for i, attention in enumerate(self.attention_layers()):
+            attention.kv_cache.allocate(batch, pre + capacity, self.compute_dtype)
+            if pre:
+                attention.kv_cache(_prefix_rows(self.prefix_cache.keys[i], batch, np_dtype),
+                                   _prefix_rows(self.prefix_cache.values[i], batch, np_dtype), slots)
+
+    def set_prefix(self, prefix: Any) -> None:
+        """Put a P-tuning v2 `PrefixCache` (None: none) in front of every row, from the next cache allocation."""
+        if prefix is not None and len(prefix.keys) != len(self.attention_layers()):
+            raise WeightError(f"the prefix has {len(prefix.keys)} layers, the model {len(self.attention_layers())}")
+        self.prefix_cache = prefix
+        self.prefix_length = 0 if prefix is None else prefix.length
+
+    def prefixed(self, mask, cache_positions):
+        """A step's mask [b, 1, s, L] and cache slots [s] behind the prefix: `prefix_length` always-visible
+        columns in front of the mask, slots moved past the prefix (positions are not shifted, as upstream)."""
+        if not self.prefix_length:
+            return mask, cache_positions
+        b, _, s, _ = mask.shape
+        visible = ops.zeros((b, 1, s, self.prefix_length), ms.bool_)
+        return ops.concat([visible, mask], -1), cache_positions + self.prefix_length
 
     def reorder_cache(self, index: Iterable[int]) -> None:
         """Keep cache rows `index` (beam search)."""
@@ -171,9 +200,13 @@ class CausalLM(nn.Cell):
 
     @classmethod
     def from_folder(cls, folder_or_weights: Any, dtype: str | ms.Type | None = None,
-                    config: Any = None) -> CausalLM:
+                    config: Any = None, adapter: Any = None) -> CausalLM:
         """Build and fill the model from a local folder or a `WeightSource`: glm_ms-converted (MindSpore
-        safetensors), MindNLP's MindSpore checkpoints or upstream torch/safetensors shards."""
+        safetensors), MindNLP's MindSpore checkpoints or upstream torch/safetensors shards.
+
+        `adapter` (an `adapters.read_adapter` record): a LoRA is merged into the weights as they are read, a
+        P-tuning v2 prefix put in front of every row. A folder that stores a prefix with its weights (what
+        `glm-ms-convert --adapter` writes) loads it too."""
         from ..convert.readers import WeightSource, open_weights
         from ..families import detect
         weights = folder_or_weights
@@ -182,7 +215,70 @@ class CausalLM(nn.Cell):
         config = config if config is not None else detect(weights.path).config
         model = cls(config, dtype=dtype)
         map_name = _same_name if weights.names_are_parameters else None  # None: the family's name table
-        return model.load_named_tensors(weights.tensors(), map_name=map_name, source=str(weights.path))
+        return model.fill_from(weights, map_name, adapter)
+
+    def fill_from(self, weights: Any, map_name: Callable[[str], str | None] | None, adapter: Any = None) -> CausalLM:
+        """Load a `WeightSource` with `adapter` applied (see `from_folder`); prefix tensors in it become the prefix."""
+        from ..adapters import LoraAdapter, prefix_from_tensors
+        from ..adapters.ptuning import PREFIX
+        from ..config import read_config_json
+        source = (weights.manifest or {}).get("source") or {}
+        self.base_name = source.get("model_id") or weights.path.name
+        tensors = weights.tensors()
+        if adapter is not None:
+            self._check_adapter(adapter)
+            if isinstance(adapter, LoraAdapter):
+                tensors = adapter.merged(tensors, str(weights.path))  # merged first: quantized (if asked) after
+        stored = []
+        self.load_named_tensors(_set_aside(tensors, PREFIX, stored), map_name=map_name, source=str(weights.path))
+        if stored:
+            self.set_prefix(prefix_from_tensors(weights.path, read_config_json(weights.path)[1], stored)
+                            .cache(self.config))
+        if adapter is not None and not isinstance(adapter, LoraAdapter):
+            self.set_prefix(adapter.cache(self.config))
+        return self
+
+    def load_adapter(self, adapter: Any, mirror: str | None = None, revision: str = "master",
+                     cache_dir: os.PathLike | str | None = None, endpoint: str | None = None) -> CausalLM:
+        """Apply a LoRA adapter (merged into the weights now) or a P-tuning v2 prefix (replacing any other): a
+        folder, a model id with `mirror="modelscope"`, or an `adapters.read_adapter` record."""
+        from ..adapters import LoraAdapter, resolve_adapter
+        adapter = resolve_adapter(adapter, mirror=mirror, revision=revision, cache_dir=cache_dir, endpoint=endpoint)
+        self._check_adapter(adapter)
+        if not isinstance(adapter, LoraAdapter):
+            self.set_prefix(adapter.cache(self.config))
+            return self
+        if getattr(self, "quantization", None) is not None:
+            raise WeightError(f"{adapter.path}: a LoRA adapter cannot be merged into a quantized model; load the "
+                              "float16 checkpoint with adapter= and quantize= (merged first, then quantized)")
+        params, map_name = self.weight_parameters(), self.default_name_map()
+        np_dtype = np.float16 if self.compute_dtype == ms.float16 else np.float32
+        for pair in adapter.pairs.values():
+            param = params[map_name(pair.module + ".weight")]
+            merged = param.asnumpy().astype(np.float32) + pair.delta(adapter.config.scaling)  # float32, then cast
+            param.set_data(Tensor(merged.astype(np_dtype)))
+        return self
+
+    def _check_adapter(self, adapter: Any) -> None:
+        from ..adapters import warn_if_other_base
+        from ..families import get
+        adapter.check_against(get(self.config.family), self.config)
+        warn_if_other_base(adapter, self.base_name)
+
+
+def _prefix_rows(kv: np.ndarray, batch: int, dtype: type) -> Tensor:
+    """One layer's prefix keys or values [pre, heads, d] (float32) as cache rows [batch, heads, pre, d] of `dtype`."""
+    heads_first = kv.transpose(1, 0, 2)
+    return Tensor(np.ascontiguousarray(np.broadcast_to(heads_first[None], (batch,) + heads_first.shape), dtype=dtype))
+
+
+def _set_aside(tensors: Iterable[tuple[str, np.ndarray]], prefix: str, aside: list) -> Iterable:
+    """The (name, array) pairs whose name does not start with `prefix`; the others are appended to `aside`."""
+    for name, array in tensors:
+        if name.startswith(prefix):
+            aside.append((name, array))
+        else:
+            yield name, array
 
 
 def _same_name(name: str) -> str:

@@ -192,6 +192,7 @@ class ChatGLMCausalLM(CausalLM):
 
         Tensors in, tensors out: the unit the compiled decode path builds its graphs on.
         """
+        mask, cache_positions = self.prefixed(mask, cache_positions)
         hidden, _ = self.transformer(input_ids, position_ids, mask, cache_positions)
         if last_only:
             hidden = hidden[:, -1:]
@@ -203,9 +204,9 @@ class ChatGLMCausalLM(CausalLM):
         mask, positions = self.prefix_inputs(ids, attention_mask, position_ids)
         batch, seq = ids.shape
         self.allocate_cache(batch, seq)
-        hidden, states = self.transformer(Tensor(ids.astype(np.int32)), Tensor(positions.astype(np.int32)),
-                                          Tensor(mask), Tensor(np.arange(seq, dtype=np.int32)),
-                                          output_hidden_states)
+        mask, slots = self.prefixed(Tensor(mask), Tensor(np.arange(seq, dtype=np.int32)))
+        hidden, states = self.transformer(Tensor(ids.astype(np.int32)), Tensor(positions.astype(np.int32)), mask,
+                                          slots, output_hidden_states)
         return CausalLMOutput(logits=self.lm_head(hidden).astype(ms.float32), hidden_states=states)
 
     def prefix_inputs(self, ids: np.ndarray, attention_mask: Any = None,

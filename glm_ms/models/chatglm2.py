@@ -224,7 +224,8 @@ class ChatGLM2Output(CausalLMOutput):
     """`CausalLMOutput` plus what upstream also exposes: the normed last hidden state and each layer's cache.
 
     hidden_states: the input of every block, then the last block's output before `final_layernorm`.
-    past_key_values: per layer (keys, values) [b, key/value heads, seq, head_dim], keys rotated.
+    past_key_values: per layer (keys, values) [b, key/value heads, seq, head_dim], keys rotated (after the
+    P-tuning prefix, if any).
     """
     last_hidden_state: Tensor = None
     past_key_values: tuple = ()
@@ -267,6 +268,7 @@ class ChatGLM2CausalLM(CausalLM):
         Tensors in, tensors out: the unit the compiled decode path builds its graphs on.
         """
         b, s = input_ids.shape
+        mask, cache_positions = self.prefixed(mask, cache_positions)
         hidden, _ = self.transformer(input_ids, position_ids.reshape(b, s), mask, cache_positions)
         if last_only:
             hidden = hidden[:, -1:]
@@ -278,10 +280,11 @@ class ChatGLM2CausalLM(CausalLM):
         mask, positions = self.prefix_inputs(ids, attention_mask, position_ids)
         batch, seq = ids.shape
         self.allocate_cache(batch, seq)
+        mask, slots = self.prefixed(Tensor(mask), Tensor(np.arange(seq, dtype=np.int32)))
         hidden, states = self.transformer(Tensor(ids.astype(np.int32)), Tensor(positions[:, 0].astype(np.int32)),
-                                          Tensor(mask), Tensor(np.arange(seq, dtype=np.int32)),
-                                          output_hidden_states)
-        caches = tuple((a.kv_cache.key[:, :, :seq], a.kv_cache.value[:, :, :seq]) for a in self.attention_layers())
+                                          mask, slots, output_hidden_states)
+        held = self.prefix_length + seq  # a P-tuning prefix comes first, as in upstream's past_key_values
+        caches = tuple((a.kv_cache.key[:, :, :held], a.kv_cache.value[:, :, :held]) for a in self.attention_layers())
         return ChatGLM2Output(logits=self.transformer.output_layer(hidden).astype(ms.float32), hidden_states=states,
                               last_hidden_state=hidden, past_key_values=caches)
 

@@ -130,5 +130,3 @@ def test_config_derives_sizes_and_rejects_contradictions():
         _config(multi_query_group_num=4)
     with pytest.raises(ConfigError, match="kv_channels"):
         _config(kv_channels=10)
-    with pytest.raises(ConfigError, match="pre_seq_len"):
-        _config(pre_seq_len=128)
