@@ -27,16 +27,17 @@ def is_demo(model) -> bool:
 
 
 def load_model(model, mirror: str | None = None, dtype: str | None = None, revision: str | None = None,
-               cache_dir=None) -> tuple:
+               cache_dir=None, adapter=None) -> tuple:
     """Load (model, tokenizer) from a local folder, a model id (with `mirror`) or `demo`.
 
-    The mirror keywords are passed on only when given, so a local folder loads without any hub code.
+    The mirror keywords are passed on only when given, so a local folder loads without any hub code. `adapter`:
+    a LoRA or P-tuning v2 folder (or model id, from the same mirror) applied to it.
     """
     from .api import AutoModel, AutoTokenizer
     source = str(DEMO_MODEL_DIR) if is_demo(model) else os.fspath(model)
     hub = {key: value for key, value in (("mirror", mirror), ("revision", revision), ("cache_dir", cache_dir))
            if value is not None}
-    lm = AutoModel.from_pretrained(source, dtype=dtype, **hub)
+    lm = AutoModel.from_pretrained(source, dtype=dtype, **hub, **({"adapter": adapter} if adapter else {}))
     lm.set_train(False)
     tokenizer = AutoTokenizer.from_pretrained(source, **hub)
     return lm, tokenizer
@@ -58,6 +59,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     group.add_argument("--cache-dir", default=None, help="download cache folder for model ids")
     group.add_argument("--dtype", choices=DTYPES, default=None,
                        help="weights/compute dtype (default: float16 on Ascend, float32 on CPU)")
+    group.add_argument("--adapter", default=None, metavar="PATH_OR_ID",
+                       help="a fine-tuning of --model: a peft LoRA folder (merged into the weights) or a P-tuning v2 "
+                            "checkpoint folder (its prefix); a model id comes from --mirror too")
     group.add_argument("--device", choices=("CPU", "Ascend"), default=None,
                        help="MindSpore device (default: $GLM_MS_DEVICE, else Ascend when present, else CPU)")
     return parser
@@ -69,7 +73,7 @@ def load_from_args(args: argparse.Namespace) -> tuple:
         from .device import select_device
         select_device(args.device)
     return load_model(args.model, mirror=args.mirror, dtype=args.dtype, revision=args.revision,
-                      cache_dir=args.cache_dir)
+                      cache_dir=args.cache_dir, adapter=args.adapter)
 
 
 def response_text(response: str | dict) -> str:

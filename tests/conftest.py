@@ -2,7 +2,7 @@
 `tiny_family` gives that family's fixture; the ChatGLM-6B shorthands below are the same objects."""
 import pytest
 
-from tests.support import FAMILIES, FAMILY_FOLDERS, tiny
+from tests.support import ADAPTERS, FAMILIES, FAMILY_FOLDERS, adapted, tiny
 
 
 @pytest.fixture(scope="session", params=FAMILIES)
@@ -40,3 +40,9 @@ def model():
 @pytest.fixture(scope="session")
 def tokenizer():
     return tiny("chatglm-6b").tokenizer
+
+
+@pytest.fixture(scope="session", params=ADAPTERS)
+def adapter_case(request):
+    """Each adapter fixture (LoRA and P-tuning v2) applied to its base, in turn."""
+    return adapted(request.param)

@@ -89,3 +89,56 @@ def _tokenizer(family, encode_special_tokens):
     from glm_ms import AutoTokenizer
     options = {"encode_special_tokens": True} if encode_special_tokens else {}
     return AutoTokenizer.from_pretrained(FAMILY_FOLDERS[family], **options)
+
+
+# ----------------------------------------------------------------------------- fine-tuned (adapter) fixtures
+
+ADAPTER_FOLDERS = {name: FIXTURES / name for name in (
+    "tiny-chatglm-6b-lora", "tiny-chatglm3-6b-lora", "tiny-chatglm3-6b-lora-mlp",
+    "tiny-chatglm-6b-ptuning", "tiny-chatglm-6b-ptuning-proj", "tiny-chatglm2-6b-ptuning")}
+ADAPTERS = tuple(ADAPTER_FOLDERS)
+PREFIX_ADAPTERS = tuple(n for n in ADAPTERS if "pre_seq_len" in json.loads(
+    (ADAPTER_FOLDERS[n] / "golden.json").read_text(encoding="utf-8")))  # the P-tuning v2 ones
+
+
+@dataclass(frozen=True)
+class Adapted:
+    """An adapter fixture (LoRA or P-tuning) applied to the base fixture its golden.json names."""
+    name: str
+
+    @property
+    def dir(self) -> Path:
+        return ADAPTER_FOLDERS[self.name]
+
+    @property
+    def golden(self) -> dict:
+        return _adapter_golden(self.name)
+
+    @property
+    def golden_json(self) -> dict:
+        return json.loads((self.dir / "golden.json").read_text(encoding="utf-8"))
+
+    @property
+    def base(self) -> Tiny:
+        folder = FIXTURES / self.golden_json["base_fixture"]
+        return tiny(next(f for f, d in FAMILY_FOLDERS.items() if d == folder))
+
+    @property
+    def model(self):
+        return _adapted_model(self.name)
+
+
+def adapted(name: str) -> Adapted:
+    """The adapter fixture `name`."""
+    return Adapted(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter_golden(name):
+    return dict(np.load(ADAPTER_FOLDERS[name] / "golden.npz"))
+
+
+@functools.lru_cache(maxsize=None)
+def _adapted_model(name):
+    from glm_ms import AutoModel
+    return AutoModel.from_pretrained(adapted(name).base.dir, dtype="float32", adapter=ADAPTER_FOLDERS[name])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 from ..errors import CheckpointError, NotFoundError
 from .lora import LoraAdapter, LoraConfig, LoraPair, is_lora, read_lora

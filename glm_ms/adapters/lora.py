@@ -101,8 +101,8 @@ class LoraAdapter:
         for pair in self.pairs.values():
             weight = pair.module + ".weight"
             if pair.module not in linear:
-                other = _family_knowing(weight, family)
-                hint = f" (an adapter for {other.title}?)" if other is not None else ""
+                others = _families_knowing(weight, family)
+                hint = f" (an adapter for {' or '.join(others)}?)" if others else ""
                 raise WeightError(f"{self.weights_file}: tensor {pair.a_name!r} adapts {pair.module!r}, which "
                                   f"{family.title} does not have{hint}")
             out, inp = shapes[weight]
@@ -141,9 +141,10 @@ def _linear_modules(shapes: dict[str, tuple[int, ...]], table: Any) -> set[str]:
             if name.endswith(".weight") and len(shape) == 2 and "embedding" not in name and name not in tied}
 
 
-def _family_knowing(weight: str, family: Any) -> Any:
-    """Another family whose name table has `weight` (to say which model an adapter was made for), or None."""
+def _families_knowing(weight: str, family: Any) -> list[str]:
+    """Titles of the other families whose name table has `weight` (to say which model an adapter was made for)."""
     from ..families import FAMILIES
+    titles = []
     for other in FAMILIES.values():
         if other.names == family.names:
             continue
@@ -151,8 +152,8 @@ def _family_knowing(weight: str, family: Any) -> Any:
             other.load("names").map_name(weight)
         except UnknownTensorError:
             continue
-        return other
-    return None
+        titles.append(other.title)
+    return titles
 
 
 def is_lora(folder: Path) -> bool:
