@@ -33,7 +33,8 @@ def select_device(device: str | None = None) -> str:
     """Set MindSpore's device once: argument, else $GLM_MS_DEVICE, else Ascend when present, else CPU."""
     global _selected
     import mindspore as ms
-    wanted = device or os.environ.get("GLM_MS_DEVICE") or ("Ascend" if ascend_available() else "CPU")
+    # Once chosen, no probe again: every layer asks which device it runs on.
+    wanted = device or os.environ.get("GLM_MS_DEVICE") or _selected or ("Ascend" if ascend_available() else "CPU")
     wanted = {"cpu": "CPU", "ascend": "Ascend", "npu": "Ascend"}.get(wanted.lower(), wanted)
     if wanted not in ("CPU", "Ascend"):
         raise ConfigError(f"unknown device {wanted!r}: use 'CPU' or 'Ascend'")
