@@ -33,7 +33,7 @@ class Quantization:
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or self.bits not in (4, 8):
-            raise ConfigError(f"quantization_bit must be 4 or 8 (or 0 for none), not {self.bits!r}")
+            raise ConfigError(f"quantization bits (config.json's quantization_bit) must be 4 or 8, not {self.bits!r}")
         if not isinstance(self.embeddings, bool):
             raise ConfigError(f"quantization_embeddings must be true or false, not {self.embeddings!r}")
 

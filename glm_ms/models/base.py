@@ -197,7 +197,9 @@ class CausalLM(nn.Cell):
                 continue
             target = tied_map.get(target, target)
             if target not in params:
-                raise WeightError(f"{source}: tensor {name!r} maps to {target!r}, which the model does not have")
+                hint = " (a quantized checkpoint? config.json declares no quantization_bit)" \
+                    if target.endswith(".weight_scale") else ""
+                raise WeightError(f"{source}: tensor {name!r} maps to {target!r}, which the model does not have{hint}")
             if target in filled and target not in tied:
                 raise WeightError(f"{source}: tensor {target!r} given twice ({filled[target]!r}, {name!r})")
             if target in quantized and np.issubdtype(array.dtype, np.floating):
