@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import ConfigError, UnknownTensorError
-from ..kernels.quantize import packed_columns
+from ..kernels.quantize import QuantizationError, packed_columns
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -51,6 +51,20 @@ class Quantization:
     def config_entries(self) -> dict[str, Any]:
         """The config.json keys that declare this quantization (what a quantized conversion writes)."""
         return {"quantization_bit": self.bits, "quantization_embeddings": self.embeddings}
+
+
+def requested_quantization(stored: Quantization | None, bits: int | None,
+                           embeddings: bool = False) -> Quantization | None:
+    """The quantization to build (or write) for a checkpoint quantized as `stored` when `bits` (8, 4 or None)
+    and `embeddings` are asked for; re-quantizing to other bits is an error."""
+    if bits is None:
+        if embeddings and stored is None:
+            raise QuantizationError("quantize_embeddings needs quantize=8 or 4 (or an int8/int4 checkpoint)")
+        return stored if not embeddings else Quantization(stored.bits, True)
+    if stored is not None and stored.bits != bits:
+        raise QuantizationError(f"the checkpoint is already quantized to int{stored.bits}; quantizing it again to "
+                                f"int{bits} would round twice (load the float16 checkpoint instead)")
+    return Quantization(bits, embeddings or (stored is not None and stored.embeddings))
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn
 
-from ..convert.names import NameTable, Quantization
+from ..convert.names import NameTable, Quantization, requested_quantization
 from ..device import default_dtype, select_device
 from ..errors import ConfigError, GenerationError, UnknownTensorError, WeightError
 from ..kernels.quantize import QuantizationError
 from .quantized import (frozen_parameter_ids, quantize_layers, quantized_cells, scale_of, store_quantized,
-                        stored_quantization, wanted_quantization)
+                        stored_quantization)
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ class CausalLM(nn.Cell):
         if not isinstance(weights, WeightSource):
             weights = open_weights(os.fspath(folder_or_weights))
         config = config if config is not None else detect(weights.path).config
-        quantization = wanted_quantization(stored_quantization(weights.path), quantize, quantize_embeddings)
+        quantization = requested_quantization(stored_quantization(weights.path), quantize, quantize_embeddings)
         model = cls(config, dtype=dtype)
         model._prepare_quantized(quantization, fast)
         map_name = _same_name if weights.names_are_parameters else None  # None: the family's name table

@@ -30,19 +30,6 @@ def stored_quantization(folder: os.PathLike | str) -> Quantization | None:
     return Quantization.from_config(data, source=str(path))
 
 
-def wanted_quantization(stored: Quantization | None, bits: int | None,
-                        embeddings: bool = False) -> Quantization | None:
-    """What to build for a checkpoint quantized as `stored` when `bits` (and `embeddings`) are asked for."""
-    if bits is None:
-        if embeddings and stored is None:
-            raise QuantizationError("quantize_embeddings needs quantize=8 or 4 (or an int8/int4 checkpoint)")
-        return stored if not embeddings else Quantization(stored.bits, True)
-    if stored is not None and stored.bits != bits:
-        raise QuantizationError(f"the checkpoint is already quantized to int{stored.bits}; quantizing it again to "
-                                f"int{bits} would round twice (load the float16 checkpoint instead)")
-    return Quantization(bits, embeddings or (stored is not None and stored.embeddings))
-
-
 def quantized_cells(model: nn.Cell) -> dict[str, nn.Cell]:
     """Module path → quantized cell, for every quantized layer of `model`."""
     return {path: cell for path, cell in model.cells_and_names() if isinstance(cell, QUANTIZED_CELLS)}
