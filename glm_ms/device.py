@@ -50,7 +50,7 @@ def select_device(device: str | None = None) -> str:
 
 
 def default_dtype(device: str | None = None) -> str:
-    """float16 on Ascend (no bf16 on 910A), float32 on CPU (MindSpore's fp16 CPU kernels are far slower)."""
+    """float16 on Ascend (no bf16 on 910A), float32 on CPU (the arithmetic of the upstream CPU path)."""
     return "float16" if select_device(device) == "Ascend" else "float32"
 
 
@@ -66,8 +66,12 @@ def jit_config() -> dict[str, str]:
 
 def compiled_by_default(dtype: Any) -> bool:
     """Whether generation compiles graphs by default for weights of `dtype` (eager otherwise)."""
-    # Not for float16 on CPU: MindSpore's CPU MatMul has no float16 kernel, and a compiled graph keeps a float32
-    # cast of every weight alive (about three times the float16 weights' size in all); eager execution casts
-    # one weight at a time.
+    # float16 on the CPU runs through glm_ms's float16 kernel, compiled like float32. Without the kernels
+    # ($GLM_MS_KERNELS=off, no compiler) MindSpore's CPU MatMul, which has no float16 kernel, casts each weight
+    # to float32, and a compiled graph keeps every such cast alive (about three times the float16 weights in
+    # all); eager execution casts one weight at a time.
     import mindspore as ms
-    return not (select_device() == "CPU" and dtype == ms.float16)
+    if select_device() != "CPU" or dtype != ms.float16:
+        return True
+    from .kernels import kernel_library
+    return kernel_library() is not None

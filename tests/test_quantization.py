@@ -3,8 +3,12 @@ checkpoints' bytes, quantized weights survive dtype changes, and every misuse is
 import dataclasses
 import gc
 import json
+import os
 import shutil
+import subprocess
+import sys
 import weakref
+from pathlib import Path
 
 import mindspore as ms
 import numpy as np
@@ -258,3 +262,27 @@ def test_a_quantized_checkpoint_without_quantization_bit_is_named(tmp_path):
 def test_quantize_embeddings_needs_bits():
     with pytest.raises(QuantizationError, match="quantize_embeddings needs quantize=8 or 4"):
         type(tiny("chatglm-6b").model).from_folder(tiny("chatglm-6b").dir, quantize_embeddings=True)
+
+
+WITHOUT_KERNELS = """\
+import numpy as np, mindspore as ms
+from glm_ms.device import compiled_by_default
+from tests.models import quantized_fixtures as q
+variant = "chatglm2-int4"
+model, g = q.model(variant), q.golden(variant)
+ids = g["fwd1_input_ids"]
+for compiled in (False, True):
+    out = model.generate(ids, max_length=ids.shape[1] + 24, do_sample=False, compiled=compiled)
+    assert np.array_equal(out, g["greedy1_output_ids"]), compiled
+assert not compiled_by_default(ms.float16) and compiled_by_default(ms.float32)
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_without_the_kernels_quantized_layers_dequantize_eager_and_compiled():
+    env = dict(os.environ, GLM_MS_KERNELS="off")
+    out = subprocess.run([sys.executable, "-c", WITHOUT_KERNELS], env=env, capture_output=True, text=True,
+                         timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")

@@ -3,7 +3,8 @@
 Each holds `weight` int8 ([N, K] for int8, [N, K/2] two-per-byte for int4) and `weight_scale` float16 [N]: the
 real weight is float32(int) * float32(scale) per output row, as upstream's CPU kernels compute it. On the CPU
 the products run in glm_ms's kernels (`glm_ms.kernels`, eager and compiled, float32 arithmetic unless `fast`);
-elsewhere the layer dequantizes its own weight just before use and multiplies in the compute dtype.
+elsewhere (Ascend, or a CPU where the kernels cannot be built) the layer dequantizes its own weight just before
+use and multiplies in the compute dtype.
 """
 from __future__ import annotations
 
@@ -12,9 +13,24 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from ..device import select_device
-from ..kernels import dequantize, quantized_matmul
+from ..kernels import kernel_library, quantized_matmul
 from ..kernels.quantize import QuantizationError, QuantizedWeight, check_bits, packed_columns
 from .layers import zeros_parameter
+
+
+def dequantize(weight, scale, bits: int):
+    """float32(int) * float32(scale) [rows, K] of int8 rows [rows, K or K/2] and their float16 scales [rows].
+
+    Graph-safe (`bits` is checked when a cell is built): the compiled decode graphs use it.
+    """
+    ints = weight.astype(ms.float32)
+    if bits == 4:
+        # Byte b = 16 * hi + lo with hi = b >> 4 (arithmetic) and lo the low nibble as a signed value.
+        hi = ops.floor(ints / 16.0)
+        lo = ints - hi * 16.0
+        lo = lo - (lo >= 8.0).astype(ms.float32) * 16.0
+        ints = ops.stack([hi, lo], axis=-1).reshape(weight.shape[0], -1)
+    return ints * scale.astype(ms.float32).reshape(-1, 1)
 
 
 class QuantizedLinear(nn.Cell):
@@ -34,11 +50,11 @@ class QuantizedLinear(nn.Cell):
         self.weight_scale = zeros_parameter((out_features,), ms.float16)
         self.bias = zeros_parameter((out_features,), dtype) if bias else None
         self.fast = bool(fast)
-        self.on_cpu = select_device() == "CPU"
+        self.kernels = select_device() == "CPU" and kernel_library() is not None
         self.matmul = ops.MatMul(transpose_b=True)
 
     def construct(self, x):
-        if self.on_cpu:
+        if self.kernels:
             y = quantized_matmul(x, self.weight, self.weight_scale, self.bits, self.fast)
         else:
             # One layer's dequantized copy at a time: ordered after x, so a graph does not build them all first.
