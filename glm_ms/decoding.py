@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import mindspore as ms
-from mindspore import Tensor, nn, ops
 
-from .device import jit_config
+from .device import jit_config  # before MindSpore: device.py sets how the OpenMP runtime MindSpore loads idles
 from .errors import GenerationError
+
+import mindspore as ms  # noqa: E402
+from mindspore import Tensor, nn, ops  # noqa: E402
 
 BUCKET_STEP = 256  # powers of two up to here, then multiples of it: at most 255 wasted slots past 256
 _INF = float("inf")

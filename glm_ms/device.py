@@ -19,6 +19,13 @@ _selected = None
 # GEMM for every shape: batch-1 decode becomes memory-bound, long prefills lose up to ~1.7x in compute.
 CPU_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
 
+# glm_ms's CPU kernels use OpenMP. Launched from MindSpore's graph executor threads, each such thread gets its
+# own OpenMP team, and by default idle OpenMP threads spin: on a small CPU they starve MindSpore's own threads (a
+# tiny float16 decode step measured 40-70 ms instead of 4). Sleeping idle threads cost a wake-up per call. The
+# OpenMP runtime reads this once, when MindSpore loads it, so it is set on import (a user's value wins); a
+# process that imported MindSpore before glm_ms should set OMP_WAIT_POLICY=PASSIVE itself.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def ascend_available() -> bool:
     """True when MindSpore can see an Ascend NPU."""

@@ -6,6 +6,7 @@ numpy takes, in the same run, to stream the same number of weight bytes through 
 the figures read as ratios rather than machine-dependent absolutes.
 
     python3 scripts/bench.py --layers 2
+    python3 scripts/bench.py --layers 2 --quantize 4 --quantize-embeddings [--fast]   # weight-only int4
     python3 scripts/bench.py --checkpoint DIR --dtype float16 --new-tokens 4   # a real (or synthetic) model
 """
 from __future__ import annotations
@@ -54,6 +55,8 @@ def build_model(args: argparse.Namespace) -> tuple:
         data = Tensor.from_numpy(values) if param.dtype == ms.float32 else Tensor(values).astype(param.dtype)
         param.set_data(data)
         del values, data
+    if args.quantize:
+        model.quantize(args.quantize, embeddings=args.quantize_embeddings, fast=args.fast)
     return model, config
 
 
@@ -69,16 +72,18 @@ def current_rss_gb() -> float | None:
 def load_model(args: argparse.Namespace) -> tuple:
     """A model loaded from a folder (glm-ms-convert output or upstream shards), and its config."""
     from glm_ms import ChatGLMForConditionalGeneration
-    model = ChatGLMForConditionalGeneration.from_pretrained(args.checkpoint, dtype=args.dtype)
+    model = ChatGLMForConditionalGeneration.from_folder(args.checkpoint, dtype=args.dtype, quantize=args.quantize,
+                                                        quantize_embeddings=args.quantize_embeddings, fast=args.fast)
     return model, model.config
 
 
 def streamed_matrices(model) -> list[tuple[int, int, int]]:
-    """(rows, cols, bytes per element) of every weight matrix a decode step reads once."""
+    """(rows, cols, bytes per element) of every weight matrix a decode step reads once, as stored (int8, int4
+    packed two per byte, float16 or float32; the float16 scales of quantized layers are a rounding error)."""
     import mindspore as ms
-    size = 2 if model.compute_dtype == ms.float16 else 4
+    size = {ms.int8: 1, ms.float16: 2, ms.float32: 4}
     # lm_head shares the embedding matrix, which the output projection reads whole once per token.
-    return [(p.shape[0], p.shape[1], size) for p in model.weight_parameters().values() if len(p.shape) == 2]
+    return [(p.shape[0], p.shape[1], size[p.dtype]) for p in model.weight_parameters().values() if len(p.shape) == 2]
 
 
 def bandwidth_bound_ms(mats: list[tuple[int, int, int]], repeats: int = 5) -> tuple[float, int]:
@@ -123,6 +128,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt-len", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=512)
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or float16 (Ascend default)")
+    parser.add_argument("--quantize", type=int, choices=(8, 4), default=None,
+                        help="weight-only int8/int4 for the layers upstream quantizes")
+    parser.add_argument("--quantize-embeddings", action="store_true",
+                        help="with --quantize: the embeddings and lm_head too (every 2-D weight)")
+    parser.add_argument("--fast", action="store_true", help="with --quantize: the kernels' fast (integer) mode")
     parser.add_argument("--device", default=None, help="CPU or Ascend (default: Ascend when present)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--warmup-tokens", type=int, default=4,
@@ -130,7 +140,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eager-tokens", type=int, default=6, help="eager decode steps timed for comparison")
     parser.add_argument("--checkpoint", default=None, help="load this model folder instead of random weights "
                         "(shape flags are then ignored)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.quantize_embeddings or args.fast) and not args.quantize:
+        parser.error("--quantize-embeddings and --fast need --quantize 8 or 4")
+    return args
 
 
 def random_prompt(config, length: int, seed: int) -> np.ndarray:
@@ -188,6 +201,9 @@ def main(argv: list[str] | None = None) -> dict:
         "shape": {"layers": args.layers, "hidden": args.hidden, "heads": args.heads, "inner": args.inner,
                   "vocab": args.vocab},
         "dtype": args.dtype,
+        "quantize": args.quantize,
+        "quantize_embeddings": args.quantize_embeddings,
+        "fast": args.fast,
         "decode_path": "compiled" if model.compiled_decode and compiled_by_default(model.compute_dtype) else "eager",
         "device": device,
         "prompt_len": int(seq),
