@@ -88,10 +88,10 @@ def fill_quantized(cell: QuantizedLinear | QuantizedEmbedding, quantized: Quanti
     weight, scale = np.asarray(quantized.weight), np.asarray(quantized.scale)
     if weight.dtype != np.int8 or tuple(weight.shape) != tuple(cell.weight.shape):
         raise QuantizationError(f"quantized weight must be int8 {list(cell.weight.shape)}, not {weight.dtype} "
-                         f"{list(weight.shape)}")
+                                f"{list(weight.shape)}")
     if scale.dtype != np.float16 or tuple(scale.shape) != tuple(cell.weight_scale.shape):
-        raise QuantizationError(f"weight_scale must be float16 {list(cell.weight_scale.shape)}, not {scale.dtype} "
-                         f"{list(scale.shape)}")
+        raise QuantizationError(f"weight_scale must be float16 {list(cell.weight_scale.shape)}, not "
+                                f"{scale.dtype} {list(scale.shape)}")
     for param, array in ((cell.weight, weight), (cell.weight_scale, scale)):
         array = np.ascontiguousarray(array)
         param.set_data(Tensor.from_numpy(array) if array.flags.writeable else Tensor(array))
