@@ -13,6 +13,10 @@
   cache holds); given as `past_key_values`, the next turn feeds only its new ids as upstream does, and glm_ms
   re-encodes the kept ids in the same prefill instead of carrying a cache between calls.
 - Chat defaults (max_length, top_p, temperature) are each family's row in glm_ms.families.
+- Every family has the same turn API for callers that run generation themselves (the serving engine):
+  `roles`, `prompt_ids(tokenizer, query, history, role, max_length)`, `stop_ids(tokenizer)`,
+  `answer_text(tokenizer, new_ids)` and `reply(text, query, history, role) -> (response, history)`; `chat`
+  is exactly these around `generate`.
 """
 from __future__ import annotations
 
@@ -40,14 +44,39 @@ def _checked_query(query: Any) -> str:
     return query
 
 
+_NO_LIMIT = 1 << 62  # `prompt_ids(max_length=None)`: every round fits
+
+
+def _limit(max_length: int | None) -> int:
+    return _NO_LIMIT if max_length is None else max_length
+
+
 class _Defaults:
-    """Fills max_length / top_p / temperature left as None from the family's row of the table."""
+    """Fills max_length / top_p / temperature left as None from the family's row of the table; the turn API.
+
+    The turn API is what `chat` does around `generate`, for callers that generate elsewhere (the serving
+    engine): `prompt_ids` → generate until one of `stop_ids` → `answer_text` of the new ids → `reply`.
+    """
+
+    roles: tuple[str, ...] = ()  # the message roles a query may be sent as (ChatGLM3); none: user turns only
 
     def chat_settings(self, max_length: int | None, top_p: float | None, temperature: float | None) -> tuple:
         """(max_length, top_p, temperature) with the family's chat defaults for those not given."""
         row = families.get(self.config.family).chat
         return (row.max_length if max_length is None else max_length, row.top_p if top_p is None else top_p,
                 row.temperature if temperature is None else temperature)
+
+    def _role(self, role: str | None) -> str | None:
+        """The role a query is sent as: None for models without roles (user turns only), else `role` or "user"."""
+        if not self.roles:
+            if role not in (None, "user"):
+                raise GenerationError(f"this model takes user queries only (it has no roles), got role {role!r}")
+            return None
+        return "user" if role is None else role
+
+    def stop_ids(self, tokenizer) -> list[int]:
+        """The ids that end an answer: the model's eos."""
+        return [int(self.config.eos_token_id)]
 
 
 # ----------------------------------------------------------------------------- ChatGLM-6B
@@ -74,17 +103,33 @@ def fit_prompt(tokenizer, query: str, history: list[Pair], max_length: int) -> l
 class ChatGLMChat(_Defaults):
     """`chat` and `stream_chat` of ChatGLM-6B (history: [(query, response), ...])."""
 
+    def prompt_ids(self, tokenizer, query: str, history: list | None = None, role: str | None = None,
+                   max_length: int | None = None) -> list[int]:
+        """The ids `chat` feeds for `query` after `history`; with `max_length` the oldest rounds are left out
+        until an answer fits, as `chat` does (None: every round)."""
+        self._role(role)
+        return fit_prompt(tokenizer, query, as_pairs(history), _limit(max_length))
+
+    def answer_text(self, tokenizer, ids: list[int]) -> str:
+        """The text `chat` reads from the generated ids."""
+        return tokenizer.decode(list(ids))
+
+    def reply(self, text: str, query: str, history: list | None = None, role: str | None = None) -> tuple[str, list]:
+        """(response, history + [(query, response)]) as `chat` returns them for the answer's `text`."""
+        self._role(role)
+        response = process_response(text)
+        return response, as_pairs(history) + [(query, response)]
+
     def chat(self, tokenizer, query: str, history: list | None = None, max_length: int | None = None,
              num_beams: int = 1, do_sample: bool = True, top_p: float | None = None,
              temperature: float | None = None, logits_processor: list | None = None, **kwargs) -> tuple[str, list]:
         """Answer `query` given `history`; returns (response, history + [(query, response)])."""
         max_length, top_p, temperature = self.chat_settings(max_length, top_p, temperature)
         history = as_pairs(history)
-        ids = fit_prompt(tokenizer, query, history, max_length)
+        ids = self.prompt_ids(tokenizer, query, history, max_length=max_length)
         out = self.generate([ids], max_length=max_length, num_beams=num_beams, do_sample=do_sample, top_p=top_p,
                             temperature=temperature, logits_processor=_guarded(logits_processor), **kwargs)
-        response = process_response(tokenizer.decode(out[0, len(ids):].tolist()))
-        return response, history + [(query, response)]
+        return self.reply(self.answer_text(tokenizer, out[0, len(ids):].tolist()), query, history)
 
     def stream_chat(self, tokenizer, query: str, history: list | None = None, max_length: int | None = None,
                     do_sample: bool = True, top_p: float | None = None, temperature: float | None = None,
@@ -97,12 +142,11 @@ class ChatGLMChat(_Defaults):
         """
         max_length, top_p, temperature = self.chat_settings(max_length, top_p, temperature)
         history = as_pairs(history)
-        ids = fit_prompt(tokenizer, query, history, max_length)
+        ids = self.prompt_ids(tokenizer, query, history, max_length=max_length)
         for out in self.stream_generate([ids], max_length=max_length, do_sample=do_sample, top_p=top_p,
                                         temperature=temperature, logits_processor=_guarded(logits_processor),
                                         include_last=include_last, **kwargs):
-            response = process_response(tokenizer.decode(out[0, len(ids):].tolist()))
-            yield response, history + [(query, response)]
+            yield self.reply(self.answer_text(tokenizer, out[0, len(ids):].tolist()), query, history)
 
 
 # ----------------------------------------------------------------------------- ChatGLM2 (and the shared loop)
@@ -136,11 +180,10 @@ def process_response_glm2(response: str) -> str:
 class ChatGLM2Chat(_Defaults):
     """`chat` / `stream_chat` of ChatGLM2-6B (history: [(query, response), ...]).
 
-    ChatGLM3 shares the loop and overrides the hooks: `_history`, `_turn_ids`, `_stop_ids`, `_reply`, `_finish`.
+    ChatGLM3 shares the loop and overrides the hooks: `_history`, `_turn_ids`, `_stop_ids`, `_opened`, `_reply`.
     """
 
     drops_last_token = False  # ChatGLM3 drops the stop token (or the last one when max_length cut it)
-    roles: tuple[str, ...] = ()  # ChatGLM3's message roles; ChatGLM2 has none
 
     def build_inputs(self, tokenizer, query: str, history: list | None = None) -> dict:
         """Model inputs for a turn without a kept cache: the whole prompt with `[gMASK] sop`."""
@@ -159,6 +202,23 @@ class ChatGLM2Chat(_Defaults):
     def process_response(self, response: str) -> str:
         """ChatGLM2's clean-up of a reply."""
         return process_response_glm2(response)
+
+    # -- the turn API (see _Defaults)
+    def prompt_ids(self, tokenizer, query: str, history: list | None = None, role: str | None = None,
+                   max_length: int | None = None) -> list[int]:
+        """The ids `chat` feeds for `query` (sent as `role`) after `history`; with `max_length` the oldest turns
+        are left out until an answer fits, as `chat` does (None: every turn)."""
+        return self._turn_ids(tokenizer, query, self._history(history), _limit(max_length), False, self._role(role))
+
+    def answer_text(self, tokenizer, ids: list[int]) -> str:
+        """The text `chat` reads from the generated ids (ChatGLM3 leaves out the last one)."""
+        ids = list(ids)
+        return tokenizer.decode(ids[:-1] if self.drops_last_token else ids)
+
+    def reply(self, text: str, query: str, history: list | None = None, role: str | None = None) -> tuple[Any, list]:
+        """(response, history with the turn) as `chat` returns them for the answer's `text`."""
+        role = self._role(role)
+        return self._reply(text, self._opened(self._history(history), query, role), query)
 
     # -- hooks
     def _history(self, history: list | None) -> list:
@@ -182,10 +242,6 @@ class ChatGLM2Chat(_Defaults):
         return response, history + [(query, response)]
 
     # -- the loop
-    def _new_text(self, tokenizer, out, start: int) -> str:
-        end = -1 if self.drops_last_token else out.shape[1]
-        return tokenizer.decode(out[0, start:end].tolist())
-
     def chat(self, tokenizer, query: str, history: list | None = None, max_length: int | None = None,
              num_beams: int = 1, do_sample: bool = True, top_p: float | None = None, temperature: float | None = None,
              logits_processor: list | None = None, **kwargs) -> tuple[Any, list]:
@@ -197,7 +253,8 @@ class ChatGLM2Chat(_Defaults):
         out = self.generate([ids], max_length=max_length, num_beams=num_beams, do_sample=do_sample, top_p=top_p,
                             temperature=temperature, logits_processor=_guarded(logits_processor),
                             **self._stop_ids(tokenizer), **kwargs)
-        return self._reply(self._new_text(tokenizer, out, len(ids)), self._opened(history, query, role), query)
+        return self._reply(self.answer_text(tokenizer, out[0, len(ids):].tolist()), self._opened(history, query, role),
+                           query)
 
     def stream_chat(self, tokenizer, query: str, history: list | None = None, past_key_values: ChatPast | None = None,
                     max_length: int | None = None, do_sample: bool = True, top_p: float | None = None,
@@ -219,7 +276,7 @@ class ChatGLM2Chat(_Defaults):
         for out in self.stream_generate([fed], max_length=len(past) + max_length, do_sample=do_sample, top_p=top_p,
                                         temperature=temperature, logits_processor=_guarded(logits_processor),
                                         include_last=include_last, **self._stop_ids(tokenizer), **kwargs):
-            text = self._new_text(tokenizer, out, len(fed))
+            text = self.answer_text(tokenizer, out[0, len(fed):].tolist())
             if not text or text[-1] == "\ufffd":
                 continue
             response, new_history = self._reply(text, opened, query)

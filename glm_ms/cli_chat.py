@@ -14,8 +14,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-from typing import TextIO
+from collections.abc import Callable, Iterator
+from typing import TextIO, TypeVar
 
 from . import families
 from .errors import GlmMsError
@@ -69,23 +69,24 @@ class StreamPrinter:
 
 
 class CtrlC:
-    """Ctrl-C that stops an answer, not the program.
+    """Ctrl-C that stops an answer, not the program (and, for the web page, SIGTERM too: `signals`).
 
     MindSpore's runtime installs its own SIGINT handler that SIGTERMs the process, re-installed on every model
-    run, so a Python handler cannot be relied on. Instead SIGINT stays blocked in every thread (`block` runs
+    run, so a Python handler cannot be relied on. Instead the signals stay blocked in every thread (`block` runs
     before MindSpore starts its threads, which inherit the mask): between tokens a pending Ctrl-C is consumed
-    and stops the answer; at the prompt the main thread unblocks it with Python's handler (KeyboardInterrupt).
-    Disabled outside the main thread or where POSIX signal masks do not exist.
+    and stops the answer; at the prompt the main thread unblocks it with Python's handler (KeyboardInterrupt);
+    a server waits for them with `wait`. Disabled outside the main thread or where POSIX signal masks do not exist.
     """
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, signals: tuple[int, ...] = (signal.SIGINT,)):
         self.enabled = (enabled and hasattr(signal, "pthread_sigmask")
                         and threading.current_thread() is threading.main_thread())
+        self.signals = set(signals)
 
     def block(self) -> CtrlC:
-        """Block SIGINT in this thread and the threads it starts."""
+        """Block the signals in this thread and the threads it starts."""
         if self.enabled:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            signal.pthread_sigmask(signal.SIG_BLOCK, self.signals)
         return self
 
     def pressed(self) -> bool:
@@ -95,9 +96,14 @@ class CtrlC:
             return True
         return False
 
-    def wait(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for Ctrl-C; True if it came."""
-        return bool(self.enabled and signal.sigtimedwait({signal.SIGINT}, timeout))
+    def wait(self, timeout: float | None) -> int:
+        """Wait up to `timeout` seconds (None: for ever) for one of the signals; its number, 0 if none came."""
+        if not self.enabled:
+            return 0
+        if timeout is None:
+            return int(signal.sigwait(self.signals))
+        info = signal.sigtimedwait(self.signals, timeout)
+        return info.si_signo if info else 0
 
     @contextlib.contextmanager
     def at_prompt(self) -> Iterator[None]:
@@ -205,24 +211,28 @@ def chat_loop(model, tokenizer, settings: dict, inp: TextIO = sys.stdin, out: Te
         history = answer(model, tokenizer, query, history, settings, out, ctrl_c)
 
 
-def load_interruptibly(args: argparse.Namespace, ctrl_c: CtrlC) -> tuple:
-    """`load_from_args` in a worker thread, so that Ctrl-C (blocked, see `CtrlC`) can still abort a long load."""
+T = TypeVar("T")
+
+
+def run_interruptibly(load: Callable[[], T], ctrl_c: CtrlC) -> T:
+    """`load()` in a worker thread, so that Ctrl-C (blocked, see `CtrlC`) can still abort a long model load."""
     if not ctrl_c.enabled:
-        return load_from_args(args)
+        return load()
     result = {}
 
     def work():
         try:
-            result["value"] = load_from_args(args)
+            result["value"] = load()
         except BaseException as err:  # handed to the main thread
             result["error"] = err
 
     worker = threading.Thread(target=work, name="glm-ms-load", daemon=True)
     worker.start()
     while worker.is_alive():
-        if ctrl_c.wait(0.2):
+        received = ctrl_c.wait(0.2)
+        if received:
             print("\ninterrupted while loading", file=sys.stderr, flush=True)
-            os._exit(130)  # the loader is inside MindSpore: no clean way to unwind it
+            os._exit(128 + received)  # the loader is inside MindSpore: no clean way to unwind it
     if "error" in result:
         raise result["error"]
     return result["value"]
@@ -264,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(sys.stdin, io.TextIOWrapper):  # undecodable bytes: a message from chat_loop, not a traceback
         sys.stdin.reconfigure(errors="surrogateescape")
     print(f"Loading {args.model} ...", file=sys.stderr, flush=True)
-    model, tokenizer = load_interruptibly(args, ctrl_c)
+    model, tokenizer = run_interruptibly(lambda: load_from_args(args), ctrl_c)
     settings = chat_defaults(model)
     given = dict(max_length=args.max_length, top_p=args.top_p, temperature=args.temperature)
     settings.update({key: value for key, value in given.items() if value is not None}, do_sample=True, seed=args.seed)

@@ -15,9 +15,9 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from glm_ms.errors import GlmMsError
+from glm_ms.files import file_lock
 
 SOURCES = Path(__file__).resolve().parent / "csrc"
 COMMON_FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-shared", "-fPIC")
@@ -98,22 +98,6 @@ def library_name(simd: bool, cxx: str, version: str) -> str:
     for path in source_files():
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return f"{PREFIX}{'avx2' if simd else 'portable'}-{digest.hexdigest()[:16]}.so"
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on `path` (created if needed); a no-op where fcntl is missing."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX; MindSpore's custom ops are Linux-only anyway
-        yield
-        return
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _compile(cxx: str, simd: bool, target: Path) -> None:

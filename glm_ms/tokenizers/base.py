@@ -5,6 +5,8 @@ import os
 import re
 import shutil
 
+import numpy as np
+
 from ..errors import NotFoundError, TokenizerError
 
 CONFIG_FILE = "tokenizer_config.json"
@@ -118,3 +120,23 @@ class TokenizerBase:
         if return_tensors not in (None, "np"):
             raise TokenizerError(f"return_tensors must be None or 'np' (numpy only), got {return_tensors!r}")
         return batched, texts
+
+    def _check_id(self, i) -> int:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"token ids must be integers, got {i!r}")
+        return int(i)
+
+    def _as_id_list(self, ids) -> list[int]:
+        """One sequence of ids (int, list, numpy array, framework tensor) as a checked list of ints."""
+        if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
+            return [self._check_id(ids)]
+        if not isinstance(ids, (list, tuple)):
+            if hasattr(ids, "asnumpy"):  # a framework tensor, without importing the framework
+                ids = ids.asnumpy()
+            arr = np.asarray(ids)
+            if arr.ndim > 1:
+                raise TokenizerError(f"expected one sequence of ids, got an array of shape {arr.shape}; use batch_decode")
+            if arr.size and not np.issubdtype(arr.dtype, np.integer):
+                raise TypeError(f"token ids must be integers, got dtype {arr.dtype}")
+            ids = arr.reshape(-1).tolist()
+        return [self._check_id(i) for i in ids]

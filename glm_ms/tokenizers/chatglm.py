@@ -340,27 +340,11 @@ class ChatGLMTokenizer(TokenizerBase):
 
     # ---- decoding ----------------------------------------------------------------------------------------------
 
-    def _as_id_list(self, ids):
-        if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
-            ids = [ids]
-        elif not isinstance(ids, (list, tuple)):
-            if hasattr(ids, "asnumpy"):  # a framework tensor, without importing the framework
-                ids = ids.asnumpy()
-            arr = np.asarray(ids)
-            if arr.ndim > 1:
-                raise TokenizerError(f"expected one sequence of ids, got an array of shape {arr.shape}; use batch_decode")
-            if arr.size and not np.issubdtype(arr.dtype, np.integer):
-                raise TypeError(f"token ids must be integers, got dtype {arr.dtype}")
-            ids = arr.reshape(-1).tolist()
-        out = []
-        for i in ids:
-            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-                raise TypeError(f"token ids must be integers, got {i!r}")
-            i = int(i)
-            if not 0 <= i < self.vocab_size:
-                raise TokenizerError(f"token id {i} is outside the vocabulary [0, {self.vocab_size})")
-            out.append(i)
-        return out
+    def _check_id(self, i) -> int:
+        i = super()._check_id(i)
+        if not 0 <= i < self.vocab_size:
+            raise TokenizerError(f"token id {i} is outside the vocabulary [0, {self.vocab_size})")
+        return i
 
     def decode(self, ids, skip_special_tokens=False, clean_up_tokenization_spaces=None):
         """Ids (int, list, numpy array) -> text; pad is always dropped, bos/eos/unk/pad/mask too when skipping."""

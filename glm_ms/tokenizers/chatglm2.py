@@ -197,25 +197,6 @@ class GLM2FamilyTokenizer(TokenizerBase):
 
     # ---- decoding ----------------------------------------------------------------------------------------------
 
-    def _check_id(self, i):
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-            raise TypeError(f"token ids must be integers, got {i!r}")
-        return int(i)
-
-    def _as_id_list(self, ids):
-        if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
-            return [int(ids)]
-        if not isinstance(ids, (list, tuple)):
-            if hasattr(ids, "asnumpy"):  # a framework tensor, without importing the framework
-                ids = ids.asnumpy()
-            arr = np.asarray(ids)
-            if arr.ndim > 1:
-                raise TokenizerError(f"expected one sequence of ids, got an array of shape {arr.shape}; use batch_decode")
-            if arr.size and not np.issubdtype(arr.dtype, np.integer):
-                raise TypeError(f"token ids must be integers, got dtype {arr.dtype}")
-            ids = arr.reshape(-1).tolist()
-        return [self._check_id(i) for i in ids]
-
     def decode(self, ids, skip_special_tokens=False, clean_up_tokenization_spaces=None):
         """Ids (int, list, numpy array) → text, through sentencepiece's piece decoder as upstream."""
         tokens = self.convert_ids_to_tokens(self._as_id_list(ids), skip_special_tokens=skip_special_tokens)

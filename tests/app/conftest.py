@@ -1,15 +1,15 @@
-"""Fixtures of the page tests: one in-process page around a scripted model, shared by a module's tests."""
+"""Fixtures of the page tests: one in-process page around a scripted service, shared by a module's tests."""
 from dataclasses import dataclass
 
 import pytest
 
-from tests.app.pages import FakeModel, free_port
+from tests.app.pages import FakeService, free_port
 
 
 @dataclass
 class FakePage:
-    """A running page around `model` at `url`; every `client()` is a session of its own."""
-    model: FakeModel
+    """A running page around `service` at `url`; every `client()` is a session of its own."""
+    service: FakeService
     url: str
 
     def client(self):
@@ -19,14 +19,14 @@ class FakePage:
 
 @pytest.fixture(scope="module")
 def fake_app():
-    """The page of `glm_ms.chat_app.build_demo` around a FakeModel, on a free 127.0.0.1 port."""
+    """The page of `glm_ms.chat_app.build_demo` around a FakeService, on a free 127.0.0.1 port."""
     pytest.importorskip("gradio")
     from glm_ms import chat_app
-    model = FakeModel()
-    demo = chat_app.build_demo(model, None, demo_note="demo note").queue(default_concurrency_limit=1)
+    service = FakeService()
+    demo = chat_app.build_demo(service, demo_note="demo note").queue(default_concurrency_limit=1)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
     try:
-        yield FakePage(model, f"http://127.0.0.1:{port}/")
+        yield FakePage(service, f"http://127.0.0.1:{port}/")
     finally:
         demo.close()

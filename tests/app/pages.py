@@ -72,32 +72,56 @@ def parsed_elements(markup):
     return found
 
 
-class FakeModel:
-    """`stream_chat` that echoes the query, counts concurrent callers and tokens, streams slowly, fails on request."""
+class FakeEngine:
+    """What the page reads of an engine: the row length (the max_length slider's top) and the slots."""
+    capacity = 4096
+    slots = 4
+
+
+class FakeStream:
+    """A scripted `TextStream`: the words `{query}0 {query}1 ...`, one per step, slowly, until `max_length` words
+    or `cancel()` (which, like the engine, frees its row at once)."""
+
+    def __init__(self, service, query, history, max_length):
+        self.service, self.query, self.history, self.max_length = service, query, list(history), max_length
+        self.text, self.cancelled = "", False
+
+    def steps(self):
+        for i in range(self.max_length):
+            time.sleep(0.02)
+            if self.cancelled:
+                return
+            word = f"{self.query}{i}"
+            self.text = f"{self.text} {word}".strip()
+            self.service.produced += 1
+            yield (" " if i else "") + word
+        self.cancel()
+
+    def cancel(self):
+        with self.service.guard:
+            if not self.cancelled:
+                self.cancelled = True
+                self.service.active -= 1
+
+    def chat_result(self):
+        return self.text, self.history + [(self.query, self.text)]
+
+
+class FakeService:
+    """`submit_turn` of a ChatService around a scripted answer; counts busy rows and produced words; "boom" fails."""
 
     def __init__(self):
+        self.engine = FakeEngine()
         self.active = self.most_active = self.produced = 0
         self.guard = threading.Lock()
 
-    def set_train(self, mode):
-        return self
-
-    def stream_chat(self, tokenizer, query, history, max_length=2048, include_last=False, **settings):
+    def submit_turn(self, query, history, max_length, sampling):
         if query == "boom":
             raise RuntimeError("kaboom")
         with self.guard:
             self.active += 1
             self.most_active = max(self.most_active, self.active)
-        try:
-            text = ""
-            for i in range(max_length):
-                time.sleep(0.02)
-                text = f"{text} {query}{i}".strip()
-                self.produced += 1
-                yield text, list(history) + [(query, text)]
-        finally:
-            with self.guard:
-                self.active -= 1
+        return FakeStream(self, query, history, max_length)
 
 
 def wait_until(predicate, timeout):

@@ -1,4 +1,5 @@
-"""The terminal chat and the page's loading work for every family: `--model` decides, the banner names it."""
+"""The terminal chat and the page work for every family: `--model` decides, the banner names it, the page's
+answers (on the serving engine) are `model.chat`'s."""
 import dataclasses
 import io
 
@@ -19,6 +20,28 @@ def test_terminal_answer_equals_chat_for_each_family(family):
     assert out.getvalue().startswith("\n" + bot_label(row.title))
     assert response_text(expected) in out.getvalue()
     assert history == expected_history
+
+
+def test_page_answers_equal_chat_for_each_family(family):
+    from glm_ms.chat_app import ChatHandlers
+    from glm_ms.serve.engine import Engine
+    from glm_ms.serve.service import ChatService
+    from tests.serve.servers import fresh_model
+    t = tiny(family)
+    engine = Engine(fresh_model(family), slots=2, capacity=128)
+    try:
+        chat = ChatHandlers(ChatService(engine, t.tokenizer, family))
+        turns, history = [], []
+        for query, seed in (("你好", 5), ("再见", 6)):  # the second turn's history does not all fit in 40 tokens
+            updates = list(chat.respond(query, turns, 40, 0.8, 0.8, seed, "session"))
+            expected, _ = t.model.chat(t.tokenizer, query, history=history, max_length=40, top_p=0.8,
+                                       temperature=0.8, do_sample=True, seed=seed)
+            _, _, turns, shown = updates[-1]
+            history = history + [(query, response_text(expected))]
+            assert shown == history
+            assert len(updates) > 2  # the answer arrived in steps
+    finally:
+        engine.shutdown()
 
 
 def test_terminal_banner_names_the_family(family):

@@ -45,7 +45,7 @@ FORGED = ('<div class="glm-msg glm-bot"><div class="glm-role">ChatGLM</div><h2>A
 
 @pytest.mark.parametrize("text", [FORGED, f"$ a\n\n{FORGED}\n\nb $", f"`a\n\n{FORGED}\n\nb`"])
 def test_markup_in_user_and_model_text_comes_back_as_text(fake_app, text):
-    # the scripted model echoes the message, so the same markup arrives as model text too
+    # the scripted service echoes the message, so the same markup arrives as model text too
     _, html, history = fake_app.client().predict(text, 1, TOP_P, TEMPERATURE, None, api_name="/chat")
     assert history == [[text, f"{text}0"]]
     escaped = FORGED.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -70,13 +70,13 @@ def test_a_lone_surrogate_is_refused_and_the_session_keeps_working(fake_app):
 
 
 def test_clear_through_the_api_stops_the_running_answer(fake_app):
-    model, client = fake_app.model, fake_app.client()
+    model, client = fake_app.service, fake_app.client()
     job = client.submit("long", 2000, TOP_P, TEMPERATURE, None, api_name="/chat")
     assert wait_until(lambda: model.active, 30)
     time.sleep(0.3)
     box, html, history = client.predict(api_name="/clear")
     assert (box, history) == ("", []) and "No messages yet" in html
-    assert wait_until(lambda: model.active == 0, HELLO_BOUND)  # the generator was closed: the lock is free
+    assert wait_until(lambda: model.active == 0, HELLO_BOUND)  # the answer ended: its row is free
     produced = model.produced
     time.sleep(0.5)
     assert model.produced == produced  # and it produces nothing more
