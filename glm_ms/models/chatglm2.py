@@ -24,34 +24,40 @@ from .base import CausalLM, CausalLMOutput, host_array
 # ----------------------------------------------------------------------------- pair rotary
 
 
-def pair_rotary_tables(rotary_dim: int, num_positions: int,
-                       base: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin [num_positions, rotary_dim // 2] (float32): pair i at position p turns by p * base^(-2i/rotary_dim).
+def pair_rotary_tables(rotary_dim: int, num_positions: int, base: float = 10000.0,
+                       position_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin [num_positions, rotary_dim // 2] (float32): pair i at position p turns by
+    (p / position_scale) * base^(-2i/rotary_dim).
 
-    Computed the way upstream does it in float32 (theta and position × theta rounded to float32); the
-    `rotary_pos_emb.inv_freq` buffer of checkpoints is not used, as upstream recomputes it too.
+    Computed the way upstream does it in float32 (theta, p / position_scale and their product rounded to
+    float32); the `rotary_pos_emb.inv_freq` buffer of checkpoints is not used, as upstream recomputes it too.
     """
     theta = (1.0 / (np.float32(base) ** (np.arange(0, rotary_dim, 2, dtype=np.float32) / np.float32(rotary_dim))))
     theta = theta.astype(np.float32)
-    angles = np.outer(np.arange(num_positions, dtype=np.float32), theta).astype(np.float32)
+    positions = np.arange(num_positions, dtype=np.float32) / np.float32(position_scale)
+    angles = np.outer(positions, theta).astype(np.float32)
     return (np.cos(angles.astype(np.float64)).astype(np.float32),
             np.sin(angles.astype(np.float64)).astype(np.float32))
 
 
 class PairRotaryEmbedding(nn.Cell):
-    """Looks up cos/sin for position ids; the tables grow on demand (upstream sizes them by seq_length)."""
+    """Looks up cos/sin for position ids; the tables grow on demand (upstream sizes them by seq_length).
 
-    def __init__(self, rotary_dim: int, num_positions: int, base: float = 10000.0):
+    `base` and `position_scale` carry the config's `rope_ratio` rule (see ChatGLM2Config.rope_scaling).
+    """
+
+    def __init__(self, rotary_dim: int, num_positions: int, base: float = 10000.0, position_scale: float = 1.0):
         super().__init__()
         self.rotary_dim = rotary_dim
         self.base = base
+        self.position_scale = position_scale
         self.num_positions = 0
         self.ensure(num_positions)
 
     def ensure(self, num_positions: int) -> None:
         """Grow the tables to cover positions [0, num_positions)."""
         if num_positions > self.num_positions:
-            cos, sin = pair_rotary_tables(self.rotary_dim, num_positions, self.base)
+            cos, sin = pair_rotary_tables(self.rotary_dim, num_positions, self.base, self.position_scale)
             self.cos, self.sin = Tensor(cos), Tensor(sin)
             self.num_positions = num_positions
 
@@ -208,7 +214,8 @@ class ChatGLM2Model(nn.Cell):
     def __init__(self, config: ChatGLM2Config, dtype: ms.Type = ms.float32):
         super().__init__()
         self.embedding = GLM2Embedding(config, dtype=dtype)
-        self.rotary_pos_emb = PairRotaryEmbedding(config.rotary_dim, config.seq_length, base=config.rotary_base)
+        self.rotary_pos_emb = PairRotaryEmbedding(config.rotary_dim, config.seq_length, base=config.rotary_base,
+                                                  position_scale=config.rotary_position_scale)
         self.encoder = GLM2Encoder(config, dtype=dtype)
         self.output_layer = Linear(config.hidden_size, config.padded_vocab_size, bias=False, dtype=dtype)
 
