@@ -14,9 +14,10 @@ MASK_FILL = -10000.0  # upstream fills masked scores with -10000 (not -inf); ful
 BLOCK_BYTES = 64 << 20  # float32 scores of one key block; decode steps and short prompts fit in one block
 
 
-def key_block(rows: int, keys: int, block_bytes: int = BLOCK_BYTES) -> int:
-    """Keys per block so that `rows` query rows' float32 scores fit in `block_bytes` (a multiple of 128)."""
-    block = max(block_bytes // (4 * rows) // 128 * 128, 128)
+def key_block(rows: int, keys: int, block_bytes: int | None = None) -> int:
+    """Keys per block so that `rows` query rows' float32 scores fit in `block_bytes` (default `BLOCK_BYTES`),
+    a multiple of 128."""
+    block = max((block_bytes or BLOCK_BYTES) // (4 * rows) // 128 * 128, 128)
     return min(block, keys)
 
 

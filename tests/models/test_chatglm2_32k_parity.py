@@ -1,15 +1,15 @@
 """ChatGLM2-6B-32K and ChatGLM3-6B-32K against the goldens of their own upstream code: each generation's
 `rope_ratio` rule (position interpolation vs a larger rotary base), decided by the family, on a prompt long
 enough to pass the base's 512 positions."""
-import functools
-
 import numpy as np
 import pytest
 
-from glm_ms import AutoModel, AutoTokenizer, families
-from tests.support import FIXTURES, REAL_MANIFESTS, SECOND_GENERATION, as_json, rel_err
+from glm_ms import families
+from tests.long_support import LONG_FOLDERS, long_model, long_tokenizer
+from tests.long_support import long_golden as golden
+from tests.long_support import long_golden_json as golden_json
+from tests.support import REAL_MANIFESTS, SECOND_GENERATION, as_json, rel_err
 
-LONG_FOLDERS = {"chatglm2": FIXTURES / "tiny-chatglm2-6b-32k", "chatglm3": FIXTURES / "tiny-chatglm3-6b-32k"}
 PROMPTS = range(4)
 
 
@@ -17,27 +17,6 @@ PROMPTS = range(4)
 def family(request):
     """ChatGLM2-6B-32K and ChatGLM3-6B-32K in turn."""
     return request.param
-
-
-@functools.lru_cache(maxsize=None)
-def long_model(family):
-    return AutoModel.from_pretrained(LONG_FOLDERS[family], dtype="float32")
-
-
-@functools.lru_cache(maxsize=None)
-def long_tokenizer(family):
-    return AutoTokenizer.from_pretrained(LONG_FOLDERS[family])
-
-
-@functools.lru_cache(maxsize=None)
-def golden(family):
-    return dict(np.load(LONG_FOLDERS[family] / "golden.npz"))
-
-
-@functools.lru_cache(maxsize=None)
-def golden_json(family):
-    import json
-    return json.loads((LONG_FOLDERS[family] / "golden.json").read_text(encoding="utf-8"))
 
 
 def test_the_family_decides_the_rope_ratio_rule(family):
