@@ -1,15 +1,17 @@
 """Decoding on the static KV cache: the prompt, then one token per row and step, as eager Cells or compiled graphs.
 
 Both paths share one `DecodeState` (cache slots used, each row's key mask and last position) and read only the
-cache slots in use: a step's mask [b, 1, s, L] says which slots 0..L-1 it reads. A prompt longer than
-`PREFILL_CHUNK` is prefilled in pieces, each against the cache written so far plus itself. The compiled path
-runs `model.forward_step` (of any family) followed by the choice of the next token as one static-shape
-MindSpore graph, so a decode step is one graph launch and one read of `batch` token ids. Shapes are static
-per (batch, piece or prompt bucket, slots read), so a run compiles a prefill graph per piece shape and a decode
-graph per doubling of the slots read, and later runs in the same buckets compile nothing:
+cache slots in use: a step's mask [b, 1, s, L] says which slots 0..L-1 it reads. A prompt longer than the
+chunk (`PREFILL_CHUNK` by default) is prefilled in pieces, each against the cache written so far plus itself,
+so no step holds more than chunk × context scores. The compiled path runs `model.forward_step` (of any
+family) followed by the choice of the next token as one static-shape MindSpore graph, so a decode step is one
+graph launch and one read of `batch` token ids. Shapes are static per (batch, prompt bucket, slots read), so a
+run compiles a prefill graph for a short prompt and a decode graph per doubling of the slots read, and later
+runs in the same buckets compile nothing:
 
-- the first prompt piece is left-padded to a bucket; the pads are written to the *last* cache slots and masked
-  for every real row, so real tokens keep the slots, positions and mask of the eager path (slot i = token i);
+- a short prompt is left-padded to a bucket; the pads are written to the *last* cache slots and masked for every
+  real row, so real tokens keep the slots, positions and mask of the eager path (cache slot i = token i);
+- a long prompt's pieces run eagerly and its last token as a decode-shaped graph (see `prefill_pieces`);
 - the cache capacity is max_length rounded up to a bucket; a step reads a power-of-two prefix of it;
 - token ids, positions, cache slots, masks, temperature, top-p and the sampling uniforms are tensors: no
   Python value that changes between steps is baked into a graph.
@@ -252,26 +254,54 @@ def prompt_spans(seq: int, chunk: int) -> list[tuple[int, int]]:
 
 
 def exact_piece(ids: np.ndarray, mask: PromptMask, positions: np.ndarray, start: int, stop: int) -> StepInputs:
-    """An eager prefill piece: prompt tokens start..stop-1 at slots start..stop-1, reading exactly slots 0..stop-1."""
+    """Prompt tokens start..stop-1 as they are, at slots start..stop-1, reading exactly slots 0..stop-1."""
     return StepInputs(ids[:, start:stop], positions[..., start:stop], mask.rows(start, stop), np.arange(start, stop))
 
 
-def bucketed_piece(ids: np.ndarray, mask: PromptMask, positions: np.ndarray, start: int, stop: int,
-                   capacity: int) -> StepInputs:
-    """A compiled prefill piece reading a bucketed prefix of the cache; the first piece is left-padded to its bucket.
+def bucketed_prompt(ids: np.ndarray, mask: PromptMask, positions: np.ndarray, capacity: int) -> StepInputs:
+    """The compiled prompt: left-padded to its bucket, reading a bucketed prefix of the cache.
 
-    Pads go first in the piece (so its last row is the last real token) but into the *last* cache slots: real
-    tokens keep slots 0..seq-1 as in eager; decoding overwrites the pad slots only when it gets there. Pad rows
-    are masked from everything (their output is unused; the -10000 fill keeps them finite).
+    Pads go first (so the last row is the last real token) but into the *last* cache slots: real tokens keep
+    slots 0..seq-1 as in eager; decoding overwrites the pad slots only when it gets there. Pad rows are masked
+    from everything (their output is unused; the -10000 fill keeps them finite).
     """
-    width = kv_bucket(stop, capacity)
-    pad = bucket(stop - start) - (stop - start) if start == 0 else 0
-    slots = np.concatenate([np.arange(capacity - pad, capacity), np.arange(start, stop)])
-    piece_ids = np.concatenate([np.zeros((ids.shape[0], pad), np.int64), ids[:, start:stop]], axis=1)
-    piece_positions = np.pad(positions[..., start:stop], [(0, 0)] * (positions.ndim - 1) + [(pad, 0)])
-    rows = np.ones((ids.shape[0], 1, pad + stop - start, width), dtype=bool)
-    rows[:, :, pad:] = mask.rows(start, stop, width)  # real rows see what they see in eager, never a pad
-    return StepInputs(piece_ids, piece_positions, rows, slots)
+    batch, seq = ids.shape
+    pad = bucket(seq) - seq
+    width = kv_bucket(seq, capacity)
+    slots = np.concatenate([np.arange(capacity - pad, capacity), np.arange(seq)])
+    padded_ids = np.concatenate([np.zeros((batch, pad), np.int64), ids], axis=1)
+    padded_positions = np.pad(positions, [(0, 0)] * (positions.ndim - 1) + [(pad, 0)])
+    rows = np.ones((batch, 1, pad + seq, width), dtype=bool)
+    rows[:, :, pad:] = mask.rows(0, seq, width)  # real rows see what they see in eager, never a pad
+    return StepInputs(padded_ids, padded_positions, rows, slots)
+
+
+@dataclass
+class Piece:
+    """One prefill piece and whether it runs as a compiled graph (else eagerly)."""
+    inputs: StepInputs
+    compiled: bool
+
+
+def prefill_pieces(ids: np.ndarray, mask: PromptMask, positions: np.ndarray, capacity: int, compiled: bool,
+                   chunk: int) -> list[Piece]:
+    """How a prompt is prefilled: in one piece, or in chunks of `chunk` tokens when longer (causal masks only).
+
+    Compiled, a long prompt's chunks run eagerly and only its last token runs as a graph, of a decode step's
+    shape: MindSpore's CPU graphs keep every intermediate of a graph allocated for as long as the graph lives
+    (a 512-token piece against 4096 keys holds gigabytes per layer), whereas an eager piece frees each one as
+    it goes, and a piece is large enough that op dispatch does not count.
+    """
+    seq = ids.shape[1]
+    spans = prompt_spans(seq, chunk) if mask.chunkable else [(0, seq)]
+    if not compiled:
+        return [Piece(exact_piece(ids, mask, positions, a, b), False) for a, b in spans]
+    if len(spans) == 1:
+        return [Piece(bucketed_prompt(ids, mask, positions, capacity), True)]
+    last = StepInputs(ids[:, -1:], positions[..., -1:], mask.rows(seq - 1, seq, kv_bucket(seq, capacity)),
+                      np.array([seq - 1]))
+    return [Piece(exact_piece(ids, mask, positions, a, b), False) for a, b in prompt_spans(seq - 1, chunk)] + \
+        [Piece(last, True)]
 
 
 class DecodeState:
@@ -312,8 +342,8 @@ class DecodeState:
 class Decoder:
     """Prefill, then one token per row and step, on the model's static KV cache: eager Cells or compiled graphs.
 
-    A prompt longer than `chunk` tokens is prefilled in pieces, each attending to the cache written so far plus
-    itself, so memory grows with chunk × context rather than prompt × context. `prefill(choice)` and
+    A prompt longer than `chunk` tokens is prefilled in pieces (`prefill_pieces`), each attending to the cache
+    written so far plus itself, so memory grows with chunk × context rather than prompt × context. `prefill(choice)` and
     `step(tokens, choice)` return float32 logits [b, vocab] of the last position when `choice` is None; with a
     TokenChoice (compiled only) the token ids [b] the graph chose.
     """
@@ -327,27 +357,21 @@ class Decoder:
                                   f"it has); the prompt holds {seq} tokens")
         self.model = model
         self.runner = runner_for(model) if compiled else None
-        spans = prompt_spans(seq, chunk) if mask.chunkable else [(0, seq)]
-        if compiled:
-            first = spans[0][1]
-            capacity = bucket(max(max_length, seq + bucket(first) - first), smallest=64)
-            self.pieces = [bucketed_piece(ids, mask, positions, a, b, capacity) for a, b in spans]
-        else:
-            capacity = max_length
-            self.pieces = [exact_piece(ids, mask, positions, a, b) for a, b in spans]
+        capacity = bucket(max(max_length, bucket(seq)), smallest=64) if compiled else max_length
+        self.pieces = prefill_pieces(ids, mask, positions, capacity, compiled, chunk)
         model.allocate_cache(ids.shape[0], capacity)
         self.state = DecodeState(model, mask, positions, capacity, max_length, bucketed=compiled)
 
-    def _run(self, inputs: StepInputs, choice: TokenChoice | None) -> np.ndarray:
-        if self.runner is not None:
+    def _run(self, inputs: StepInputs, choice: TokenChoice | None, compiled: bool = True) -> np.ndarray:
+        if self.runner is not None and compiled:
             return self.runner.run(inputs, choice)
         return self.model.forward_step(*inputs.tensors(), last_only=True).asnumpy()[:, -1]
 
     def prefill(self, choice: TokenChoice | None = None) -> np.ndarray:
         """Logits [b, vocab] at the last prompt position, or the first chosen tokens [b]."""
         for piece in self.pieces[:-1]:
-            self._run(piece, None)  # fills the cache; only the last piece's output is needed
-        return self._run(self.pieces[-1], choice)
+            self._run(piece.inputs, None, piece.compiled)  # fills the cache; only the last piece's output is needed
+        return self._run(self.pieces[-1].inputs, choice, self.pieces[-1].compiled)
 
     def step(self, tokens: np.ndarray, choice: TokenChoice | None = None) -> np.ndarray:
         """Append one token per row; logits [b, vocab] for the next one, or the next chosen tokens [b]."""

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from glm_ms.cells import attention
-from glm_ms.decoding import DecodeState, Decoder, bucket, kv_bucket, prompt_spans
+from glm_ms.decoding import DecodeState, Decoder, kv_bucket, prompt_spans
 from glm_ms.errors import GenerationError
 from tests.long_support import long_golden, long_model
 from tests.support import SECOND_GENERATION, rel_err, tiny
@@ -52,7 +52,7 @@ def test_chunked_prefill_equals_one_piece(family, compiled, monkeypatch):
     reference = lm.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, compiled=False)
     for chunk in (dividing, other):
         decoder, logits = _prefill(lm, ids, chunk, compiled, seq + NEW_TOKENS)
-        assert len(decoder.pieces) == -(-seq // chunk)
+        assert len(decoder.pieces) == len(prompt_spans(seq - 1, chunk)) + 1 if compiled else -(-seq // chunk)
         assert rel_err(logits, whole) <= 1e-5, f"chunk {chunk}"
         monkeypatch.setattr(lm, "prefill_chunk", chunk)
         out = lm.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, compiled=compiled)
@@ -90,10 +90,14 @@ def test_pieces_and_steps_read_only_what_is_in_use(family, compiled):
     decoder = Decoder(lm, ids, mask, positions, limit, compiled, dividing)  # a cache for the model's every position
     capacity = decoder.state.capacity
     assert capacity >= limit
-    for (start, stop), piece in zip(prompt_spans(seq, dividing), decoder.pieces):
-        rows, width = piece.mask.shape[2:]
-        assert rows == (bucket(stop - start) if compiled and start == 0 else stop - start)
-        assert width == (kv_bucket(stop, capacity) if compiled else stop) < capacity  # never prompt × capacity
+    # Eager pieces read exactly the slots written so far; compiled, the last prompt token runs as a graph of a
+    # decode step's shape, reading a bucketed prefix.
+    spans = prompt_spans(seq - 1 if compiled else seq, dividing)
+    assert [p.compiled for p in decoder.pieces] == [False] * len(spans) + [True] * compiled
+    for (start, stop), piece in zip(spans, decoder.pieces):
+        assert piece.inputs.mask.shape[2:] == (stop - start, stop) and stop < capacity  # never prompt × capacity
+    if compiled:
+        assert decoder.pieces[-1].inputs.mask.shape[2:] == (1, kv_bucket(seq, capacity))
     state = DecodeState(lm, mask, positions, capacity, limit, bucketed=compiled)
     widths = [state.advance(np.zeros(1, np.int64)).mask.shape[-1] for _ in range(2)]
     assert widths == ([kv_bucket(seq + 1, capacity), kv_bucket(seq + 2, capacity)] if compiled else [seq + 1, seq + 2])

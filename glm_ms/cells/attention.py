@@ -22,14 +22,19 @@ def key_block(rows: int, keys: int, block_bytes: int | None = None) -> int:
 
 
 def _masked_scores(query: Tensor, key: Tensor, mask: Tensor, layer_scale: float) -> Tensor:
-    """float32 scores [b, g, r·s, n] with masked ones set to MASK_FILL, the layer scale undone."""
+    """float32 scores [b, g, r·s, n] times the layer scale, masked ones MASK_FILL times it."""
     b, g, rows, _ = query.shape
     s, n = mask.shape[2], key.shape[2]
-    scores = ops.BatchMatMul(transpose_b=True)(query, key).reshape(b, g, rows // s, s, n)
-    # Upstream skips the fill when nothing is masked; filling an all-False mask is the same no-op.
-    scores = ops.masked_fill(scores, mask.reshape(b, 1, 1, s, n), ops.scalar_to_tensor(MASK_FILL, scores.dtype))
+    r = rows // s
     # q was divided by the layer scale to keep fp16 scores in range; the factor is undone here, in float32.
-    return scores.reshape(b, g, rows, n).astype(ms.float32) * layer_scale
+    scores = ops.BatchMatMul(transpose_b=True)(query, key).astype(ms.float32).reshape(b, g, r, s, n)
+    # scores·keep + fill with keep = scale (unmasked) or 0, fill = 0 or MASK_FILL·scale: exactly upstream's fill
+    # for finite scores. Both are tiled over the heads of the block: MindSpore's CPU kernels run equal shapes
+    # about ten times faster than broadcast ones, and a block's tile is no larger than its scores.
+    masked = mask.reshape(b, 1, 1, s, n).astype(ms.float32)
+    keep = ops.tile((1.0 - masked) * layer_scale, (1, g, r, 1, 1))
+    fill = ops.tile(masked * (MASK_FILL * layer_scale), (1, g, r, 1, 1))
+    return (scores * keep + fill).reshape(b, g, rows, n)
 
 
 def scaled_masked_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor, layer_scale: float,
@@ -42,22 +47,30 @@ def scaled_masked_attention(query: Tensor, key: Tensor, value: Tensor, mask: Ten
     if block >= keys:
         probs = ops.softmax(_masked_scores(query, key, mask, layer_scale), axis=-1).astype(value.dtype)
         return ops.BatchMatMul()(probs, value)
-    # Running softmax: keep each row's max so far (peak), the sum of exp(score - peak) and the weighted values,
-    # rescaling both by exp(old peak - new peak) when a block raises the peak. The loop bounds are shapes,
-    # so a compiled graph unrolls it.
-    scores = _masked_scores(query, key[:, :, :block], mask[:, :, :, :block], layer_scale)
-    peak = scores.max(-1, keepdims=True)
-    weights = ops.exp(scores - peak)
-    total = weights.sum(-1, keepdims=True)
-    context = ops.BatchMatMul()(weights.astype(value.dtype), value[:, :, :block]).astype(ms.float32)
+    # Blocks of keys, each through the fused softmax, combined as flash attention does: with the running row
+    # max `peak`, `total` = Σ sum_b·exp(max_b - peak) and `context` the blocks' outputs weighted alike, a block
+    # raising the peak rescales both by exp(old peak - new peak). The loop bounds are shapes, so a compiled
+    # graph unrolls it.
+    part, peak, total = _block(query, key, value, mask, layer_scale, 0, block)
+    context = part * total
     for start in range(block, keys, block):
-        stop = min(start + block, keys)
-        scores = _masked_scores(query, key[:, :, start:stop], mask[:, :, :, start:stop], layer_scale)
-        new_peak = ops.maximum(peak, scores.max(-1, keepdims=True))
-        fade = ops.exp(peak - new_peak)
-        weights = ops.exp(scores - new_peak)
-        total = total * fade + weights.sum(-1, keepdims=True)
-        block_context = ops.BatchMatMul()(weights.astype(value.dtype), value[:, :, start:stop])
-        context = context * fade + block_context.astype(ms.float32)
+        part, part_peak, part_total = _block(query, key, value, mask, layer_scale, start, min(start + block, keys))
+        new_peak = ops.maximum(peak, part_peak)
+        fade, part_weight = ops.exp(peak - new_peak), part_total * ops.exp(part_peak - new_peak)
+        context = context * fade + part * part_weight
+        total = total * fade + part_weight
         peak = new_peak
     return (context / total).astype(value.dtype)
+
+
+def _block(query: Tensor, key: Tensor, value: Tensor, mask: Tensor, layer_scale: float, start: int,
+           stop: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Keys start..stop-1: softmax-weighted values (float32 [b, g, r·s, d]), each row's max score and
+    Σ exp(score - max) ([b, g, r·s, 1])."""
+    scores = _masked_scores(query, key[:, :, start:stop], mask[:, :, :, start:stop], layer_scale)
+    probs = ops.softmax(scores, axis=-1)
+    # A row's largest probability is exp(0) / Σ exp(score - max): its inverse is the sum, with no second exp
+    # over the block (and no loss of precision in fully masked rows, whose max is MASK_FILL·scale).
+    total = 1.0 / probs.max(-1, keepdims=True)
+    part = ops.BatchMatMul()(probs.astype(value.dtype), value[:, :, start:stop]).astype(ms.float32)
+    return part, scores.max(-1, keepdims=True), total
