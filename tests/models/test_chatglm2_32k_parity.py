@@ -8,7 +8,7 @@ from glm_ms import families
 from tests.long_support import LONG_FOLDERS, long_model, long_tokenizer
 from tests.long_support import long_golden as golden
 from tests.long_support import long_golden_json as golden_json
-from tests.support import REAL_MANIFESTS, SECOND_GENERATION, as_json, rel_err
+from tests.support import REAL_MANIFESTS, SECOND_GENERATION, as_json, rel_err, tiny
 
 PROMPTS = range(4)
 
@@ -78,3 +78,13 @@ def test_chat_turns(family, kind):
                                     do_sample=False)
         assert response == turn["response_with_fixed_process_response" if fixed else "response"]
         assert as_json(history) == turn["history_with_fixed_process_response" if fixed else "history"]
+
+
+def test_chat_defaults_to_the_long_models_own_length(family):
+    lm = long_model(family)
+    max_length, top_p, temperature = lm.chat_settings(None, None, None)
+    assert max_length == lm.config.seq_length  # their own chat() defaults to 32768, their seq_length
+    row = families.get(family).chat
+    assert (top_p, temperature) == (row.top_p, row.temperature)
+    assert lm.chat_settings(100, 0.5, 0.1) == (100, 0.5, 0.1)
+    assert tiny(family).model.chat_settings(None, None, None)[0] == row.max_length  # base models: the row's
