@@ -6,9 +6,12 @@ found there; the ChatGLM2/3 classes load their own generation (`family=` overrid
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .adapters import resolve_adapter
+from .adapters.lora import is_lora
 from .chat import ChatGLM2Chat, ChatGLM3Chat, ChatGLMChat
+from .errors import ConfigError
 from .families import detect, tokenizer_family
 from .generation import GenerationMixin
 from .hub.resolve import resolve_model, resolve_tokenizer_folder
@@ -38,6 +41,9 @@ class _FromPretrained:
         if adapter is not None:  # first: a bad adapter fails before the base is downloaded or built
             adapter = resolve_adapter(adapter, mirror=mirror, revision=adapter_revision, cache_dir=cache_dir,
                                       endpoint=endpoint)
+        if is_lora(Path(os.fspath(path_or_id)).expanduser()):
+            raise ConfigError(f"{path_or_id}: is a LoRA adapter, not a model: load its base model with "
+                              f"adapter={str(path_or_id)!r}")
         weights = resolve_model(path_or_id, mirror=mirror, revision=revision, cache_dir=cache_dir, endpoint=endpoint)
         found = detect(weights.path, family=family or cls.family)
         return found.family.load("model").from_folder(weights, dtype=dtype, config=found.config, adapter=adapter)

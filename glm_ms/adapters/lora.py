@@ -111,23 +111,28 @@ class LoraAdapter:
                                   f"{pair.b_name!r} {list(pair.b.shape)} do not fit {weight!r} {[out, inp]} "
                                   f"(need [r, {inp}] and [{out}, r])")
 
+    def merge_one(self, name: str, array: np.ndarray, source: str) -> np.ndarray:
+        """Checkpoint tensor `name` with its adapter merged (float32), or `array` itself if it is not adapted."""
+        pair = self.pairs.get(name[:-len(".weight")]) if name.endswith(".weight") else None
+        if pair is None:
+            return array
+        if not np.issubdtype(array.dtype, np.floating):
+            raise WeightError(f"{source}: tensor {name!r} is {array.dtype} (a quantized checkpoint): a LoRA adapter "
+                              "cannot be merged into it; load the float16 checkpoint with quantize= instead (the "
+                              "adapter is merged first, then quantized)")
+        if tuple(array.shape) != (pair.b.shape[0], pair.a.shape[1]):
+            raise WeightError(f"{source}: tensor {name!r} has shape {list(array.shape)}; the adapter's "
+                              f"{pair.a_name!r} and {pair.b_name!r} need {[pair.b.shape[0], pair.a.shape[1]]}")
+        return array.astype(np.float32) + pair.delta(self.config.scaling)
+
     def merged(self, tensors: Iterable[tuple[str, np.ndarray]], source: str) -> Iterator[tuple[str, np.ndarray]]:
         """The checkpoint's (name, array) pairs with every adapted weight merged (float32); the others as they are."""
         seen = set()
         for name, array in tensors:
-            pair = self.pairs.get(name[:-len(".weight")]) if name.endswith(".weight") else None
-            if pair is not None:
-                if not np.issubdtype(array.dtype, np.floating):
-                    raise WeightError(f"{source}: tensor {name!r} is {array.dtype} (a quantized checkpoint): a LoRA "
-                                      "adapter cannot be merged into it; load the float16 checkpoint with "
-                                      "quantize= instead (the adapter is merged first, then quantized)")
-                if tuple(array.shape) != (pair.b.shape[0], pair.a.shape[1]):
-                    raise WeightError(f"{source}: tensor {name!r} has shape {list(array.shape)}; the adapter's "
-                                      f"{pair.a_name!r} and {pair.b_name!r} need "
-                                      f"{[pair.b.shape[0], pair.a.shape[1]]}")
-                array = array.astype(np.float32) + pair.delta(self.config.scaling)
-                seen.add(pair.module)
-            yield name, array
+            merged = self.merge_one(name, array, source)
+            if merged is not array:
+                seen.add(name[:-len(".weight")])
+            yield name, merged
         unused = sorted(set(self.pairs) - seen)
         if unused:
             raise WeightError(f"{source}: has no weight {unused[0] + '.weight'!r} for the adapter tensor "

@@ -20,6 +20,8 @@ config.json, the tokenizer files and glm_ms_manifest.json (source, dtype, sha256
 Load it with ChatGLMForConditionalGeneration.from_pretrained(OUT) and ChatGLMTokenizer.from_pretrained(OUT).
 Weight-only quantized checkpoints (THUDM's -int8/-int4, or --quantize) keep their int8 weights and float16
 scales, as upstream stores them; with --quantize, config.json gets quantization_bit.
+--adapter merges a peft LoRA into the weights (before --quantize), or stores a P-tuning v2 prefix
+encoder next to them (config.json gets pre_seq_len): OUT then loads fine-tuned, without adapter=.
 
 Work happens in OUT.tmp-glm_ms, renamed to OUT only when complete; an interrupted run resumes
 from its finished shards when run again with the same arguments.
@@ -46,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="download cache (default: $GLM_MS_CACHE, else ~/.cache/glm_ms)")
     source.add_argument("--endpoint", metavar="URL", default=None,
                         help="mirror base URL (default: $MODELSCOPE_ENDPOINT, else https://modelscope.cn)")
+    source.add_argument("--adapter", metavar="DIR_OR_ID", default=None,
+                        help="a fine-tuning of the source: a peft LoRA folder (adapter_config.json) or a P-tuning "
+                             "v2 checkpoint (config.json with pre_seq_len); a model id with --model-id comes "
+                             "from the same mirror")
     output = parser.add_argument_group("output")
     output.add_argument("--out", metavar="DIR", required=True, help="output folder (created)")
     output.add_argument("--dtype", choices=("float16", "float32", "keep"), default="float16",
@@ -68,6 +74,10 @@ def _convert(args: argparse.Namespace, progress: bool) -> Path:
 
     options = {"dtype": args.dtype, "overwrite": args.overwrite, "progress": progress, "quantize": args.quantize,
                "quantize_embeddings": args.quantize_embeddings}
+    if args.adapter:
+        from ..adapters import resolve_adapter
+        options["adapter"] = resolve_adapter(args.adapter, mirror=args.mirror, revision="master",
+                                             cache_dir=args.cache_dir, endpoint=args.endpoint, progress=progress)
     if args.src:
         return convert_checkpoint(args.src, args.out, **options)
     from ..hub.modelscope import resolve_endpoint, snapshot_download
@@ -110,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         shards = sum(1 for name in manifest["files"] if name.endswith(".safetensors"))
         quantized = manifest.get("quantization")
         bits = f", int{quantized['quantization_bit']} weights" if quantized else ""
-        print(f"{out}: {shards} shard(s), {manifest['dtype']}, family {manifest['family']}{bits}")
+        adapter = f", with {args.adapter}" if args.adapter else ""
+        print(f"{out}: {shards} shard(s), {manifest['dtype']}, family {manifest['family']}{bits}{adapter}")
     return 0
 
 

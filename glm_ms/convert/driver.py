@@ -87,16 +87,18 @@ def _decide(out: Path, request: dict[str, Any], files: Fingerprint, overwrite: b
 def convert_checkpoint(src: os.PathLike | str, out: os.PathLike | str, *, dtype: str | None = "float16",
                        family: str | None = None, source: dict[str, Any] | None = None, overwrite: bool = False,
                        progress: bool = True, quantize: int | None = None,
-                       quantize_embeddings: bool = False) -> Path:
+                       quantize_embeddings: bool = False, adapter: Any = None) -> Path:
     """Convert the upstream checkpoint folder `src` into a MindSpore safetensors folder `out`; returns `out`.
 
     `dtype` is "float16" (as published), "float32" or "keep"/None (each tensor's source dtype); only floating
     tensors are cast, and quantized weights (int8, with float16 scales) never. `quantize` 8 or 4 writes the
     layers upstream quantizes as int8/int4 (`quantize_embeddings`: the embeddings and output layer too).
     `family` overrides the family detected from config.json. `source` adds provenance to the manifest (e.g.
-    model_id, revision, endpoint). An `out` that already holds this very conversion is returned as is;
-    anything else in the way is an error unless `overwrite`.
+    model_id, revision, endpoint). `adapter` (an `adapters.read_adapter` record): a LoRA merged into the
+    weights, or a P-tuning v2 prefix stored with them (glm_ms.adapters.conversion). An `out` that already holds
+    this very conversion is returned as is; anything else in the way is an error unless `overwrite`.
     """
+    from ..adapters.conversion import with_adapter
     out_dtype_name = output_dtype_name(dtype)
     src = Path(src).expanduser().absolute()
     out = Path(out).expanduser().absolute()
@@ -104,7 +106,7 @@ def convert_checkpoint(src: os.PathLike | str, out: os.PathLike | str, *, dtype:
     if not src.is_dir():
         raise ConversionError(f"{src}: source is not a directory")
     _check_output(src, out)
-    plan = plan_conversion(src, family, quantize, quantize_embeddings)
+    plan = with_adapter(plan_conversion(src, family, quantize, quantize_embeddings), adapter)
     request = {"family": plan.family, "dtype": out_dtype_name, "source_files": plan.weights_fingerprint,
                "quantization": plan.output.config_entries() if plan.output else None}
     if _decide(out, request, plan.fingerprint, overwrite)[0] == "done":
@@ -171,6 +173,10 @@ def _run(plan: Plan, out: Path, work: Path, state: dict[str, Any], out_dtype: np
             bar.n = sum(sizes[s][0] for s in shards[:k])  # the rest of the file: zip/header overhead
             bar.refresh()
             records.append(rec)
+        if plan.prefix is not None:
+            from ..adapters.conversion import prefix_record
+            records.append(prefix_record(plan, work))
+            filled.update({target: "prefix" for _, target in records[-1]["tensors"]})
         _finish(plan, out, work, records, filled, dtype_name, source)
     except BaseException:
         for leftover in work.glob("*" + INCOMPLETE) if work.is_dir() else ():
@@ -230,7 +236,7 @@ def _convert_shard(lazy: list[LazyTensor], label: str, plan: Plan, out_dtype: np
             if tuple(array.shape) != t.shape:
                 raise ConversionError(f"{label}: {t.name}: read shape {list(array.shape)}, expected {list(t.shape)}")
             on_tensor(array.nbytes)
-            return array
+            return array if plan.lora is None else plan.lora.merge_one(t.name, array, label)  # merged, then cast
         if target in plan.quantizes:
             entries += _quantized_entries(target, plan.output_shapes, plan.output.bits, produce)
         else:

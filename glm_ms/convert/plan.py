@@ -45,6 +45,8 @@ class Plan:
     output_shapes: Shapes = dataclasses.field(default_factory=dict)  # every parameter the output holds
     quantizes: frozenset[str] = frozenset()  # float `…weight`s of the source that the conversion quantizes
     kept_as_stored: frozenset[str] = frozenset()  # int8 weights and float16 scales written as they are
+    lora: Any = None    # an `adapters.LoraAdapter` merged into the weights as they are read
+    prefix: Any = None  # an `adapters.PrefixAdapter` whose prefix encoder is written next to the weights
 
     @property
     def weights_fingerprint(self) -> Fingerprint:
@@ -143,11 +145,14 @@ def plan_conversion(src: Path, family: str | None = None, quantize: int | None =
 
 
 def output_config(plan: Plan) -> dict[str, Any] | None:
-    """The output's config.json when the conversion quantizes (the source's plus the quantization keys)."""
-    if plan.output == plan.stored:
+    """The output's config.json when the conversion quantizes or stores a prefix (the source's plus their keys)."""
+    entries = {} if plan.output == plan.stored else dict(plan.output.config_entries())
+    if plan.prefix is not None:
+        entries.update(pre_seq_len=plan.prefix.pre_seq_len, prefix_projection=plan.prefix.prefix_projection)
+    if not entries:
         return None
     _, data = read_config_json(plan.src)
-    return dict(data, **plan.output.config_entries())
+    return dict(data, **entries)
 
 
 def output_dtype_name(dtype: str | None) -> str:

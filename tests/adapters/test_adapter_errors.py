@@ -146,3 +146,8 @@ def test_float16_merges_in_float32_then_casts():
     base = tiny("chatglm-6b").model.weight_parameters()[pair.module + ".weight"].asnumpy()  # float16 stored, exact
     want = (base.astype(np.float32) + pair.delta(adapter.config.scaling)).astype(np.float16)
     np.testing.assert_array_equal(lm.weight_parameters()[pair.module + ".weight"].asnumpy(), want)
+
+
+def test_a_lora_folder_given_as_the_model_says_what_to_do():
+    with pytest.raises(ConfigError, match="is a LoRA adapter, not a model: load its base model with adapter="):
+        AutoModel.from_pretrained(LORA.dir)

@@ -103,3 +103,15 @@ def test_the_serving_engine_answers_with_the_prefix_as_generate_does(name):
     finally:
         engine.shutdown()
     assert [ids + ([done.stop_token] if done.stop_token is not None else []) for ids, done in results] == want
+
+
+@pytest.mark.parametrize("app", ["glm_ms.chat_app", "glm_ms.cli_chat", "glm_ms.serve.cli"])
+def test_the_apps_load_their_model_with_adapter(app):
+    import importlib
+    from glm_ms.loading import load_from_args
+    case = adapted("tiny-chatglm-6b-ptuning")
+    args = importlib.import_module(app).parse_args(["--model", str(case.base.dir), "--adapter", str(case.dir),
+                                                    "--dtype", "float32"])
+    lm, _ = load_from_args(args)
+    assert lm.prefix_length == case.golden_json["pre_seq_len"]
+    assert rel_err(lm(case.golden["fwd0_input_ids"]).logits.asnumpy(), case.golden["fwd0_logits"]) <= 1e-4
