@@ -151,3 +151,17 @@ def test_float16_merges_in_float32_then_casts():
 def test_a_lora_folder_given_as_the_model_says_what_to_do():
     with pytest.raises(ConfigError, match="is a LoRA adapter, not a model: load its base model with adapter="):
         AutoModel.from_pretrained(LORA.dir)
+
+
+def test_load_time_quantization_quantizes_the_merged_weights():
+    ids = LORA.golden["fwd0_input_ids"]
+    quantized = type(LORA.base.model).from_folder(LORA.base.dir, dtype="float32", quantize=8,
+                                                  adapter=read_adapter(LORA.dir))
+    merged_then_quantized = _load(LORA.base, LORA.dir).quantize(8)
+    np.testing.assert_array_equal(quantized(ids).logits.asnumpy(), merged_then_quantized(ids).logits.asnumpy())
+
+
+def test_lora_into_an_already_quantized_model_is_an_error():
+    lm = AutoModel.from_pretrained(LORA.base.dir, dtype="float32").quantize(8)
+    with pytest.raises(WeightError, match="cannot be merged into a quantized model"):
+        lm.load_adapter(LORA.dir)
