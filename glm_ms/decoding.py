@@ -166,9 +166,10 @@ class StepInputs:
     slots: np.ndarray      # [s]
 
     def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The four inputs of `forward_step` (int32 ids, positions and slots)."""
-        return (Tensor(np.asarray(self.ids, dtype=np.int32)), Tensor(np.asarray(self.positions, dtype=np.int32)),
-                Tensor(self.mask), Tensor(np.asarray(self.slots, dtype=np.int32)))
+        """The four inputs of `forward_step` (int32 ids, positions and slots), contiguous (GE rejects views)."""
+        return (Tensor(np.ascontiguousarray(self.ids, dtype=np.int32)),
+                Tensor(np.ascontiguousarray(self.positions, dtype=np.int32)),
+                Tensor(np.ascontiguousarray(self.mask)), Tensor(np.ascontiguousarray(self.slots, dtype=np.int32)))
 
 
 class CompiledRunner:
