@@ -108,9 +108,9 @@ def _sample(logits, temperature, top_p, uniform, top_k, compute_dtype):
     cdf = ops.cumsum(_permute(probs, by_id), -1)
     below = (cdf <= uniform.reshape(-1, 1) * cdf[:, -1:]).astype(ms.float32).sum(-1, keepdims=True)
     pick = ops.minimum(below, k - 1)
-    tokens = ops.where(by_id == pick, index, ops.full_like(index, -1)).max(-1)
+    tokens = ops.amax(ops.where(by_id == pick, index, ops.full_like(index, -1)), -1)
     # check_sampleable's rule: NaN/+inf anywhere, or a row without a finite score → -1, which the host raises on.
-    ok = ops.logical_and((scaled < _INF).all(), (scaled.max(-1) > -_INF).all())
+    ok = ops.logical_and((scaled < _INF).all(), (ops.amax(scaled, -1) > -_INF).all())  # amax: no int64 argmax
     return ops.where(ok, tokens, ops.full_like(tokens, -1))
 
 
