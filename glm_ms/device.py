@@ -22,6 +22,13 @@ _selected = None
 # GEMM for every shape: batch-1 decode becomes memory-bound, long prefills lose up to ~1.7x in compute.
 CPU_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
 
+# glm_ms's CPU kernels use OpenMP. Launched from MindSpore's graph executor threads, each such thread gets its
+# own OpenMP team, and by default idle OpenMP threads spin: on a small CPU they starve MindSpore's own threads (a
+# tiny float16 decode step measured 40-70 ms instead of 4). Sleeping idle threads cost a wake-up per call. The
+# OpenMP runtime reads this once, when MindSpore loads it, so it is set on import (a user's value wins); a
+# process that imported MindSpore before glm_ms should set OMP_WAIT_POLICY=PASSIVE itself.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def ascend_available() -> bool:
     """True when MindSpore can see an Ascend NPU."""
@@ -61,7 +68,8 @@ def select_device(device: str | None = None, device_id: int | str | None = None)
     """
     global _selected
     import mindspore as ms
-    wanted = device or os.environ.get("GLM_MS_DEVICE") or ("Ascend" if ascend_available() else "CPU")
+    # Once chosen, no probe again: every layer asks which device it runs on.
+    wanted = device or os.environ.get("GLM_MS_DEVICE") or _selected or ("Ascend" if ascend_available() else "CPU")
     wanted = {"cpu": "CPU", "ascend": "Ascend", "npu": "Ascend"}.get(wanted.lower(), wanted)
     if wanted not in ("CPU", "Ascend"):
         raise ConfigError(f"unknown device {wanted!r}: use 'CPU' or 'Ascend'")
@@ -81,7 +89,7 @@ def select_device(device: str | None = None, device_id: int | str | None = None)
 
 
 def default_dtype(device: str | None = None) -> str:
-    """float16 on Ascend (no bf16 on 910A), float32 on CPU (MindSpore's fp16 CPU kernels are far slower)."""
+    """float16 on Ascend (no bf16 on 910A), float32 on CPU (the arithmetic of the upstream CPU path)."""
     return "float16" if select_device(device) == "Ascend" else "float32"
 
 
@@ -190,8 +198,12 @@ def jit_config() -> dict[str, str]:
 
 def compiled_by_default(dtype: Any) -> bool:
     """Whether generation compiles graphs by default for weights of `dtype` (eager otherwise)."""
-    # Not for float16 on CPU: MindSpore's CPU MatMul has no float16 kernel, and a compiled graph keeps a float32
-    # cast of every weight alive (about three times the float16 weights' size in all); eager execution casts
-    # one weight at a time.
+    # float16 on the CPU runs through glm_ms's float16 kernel, compiled like float32. Without the kernels
+    # ($GLM_MS_KERNELS=off, no compiler) MindSpore's CPU MatMul, which has no float16 kernel, casts each weight
+    # to float32, and a compiled graph keeps every such cast alive (about three times the float16 weights in
+    # all); eager execution casts one weight at a time.
     import mindspore as ms
-    return not (select_device() == "CPU" and dtype == ms.float16)
+    if select_device() != "CPU" or dtype != ms.float16:
+        return True
+    from .kernels import kernel_library
+    return kernel_library() is not None

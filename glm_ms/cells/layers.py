@@ -5,11 +5,18 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
+from ..device import select_device
+from ..kernels import half_matmul
 
-def _zeros(shape: tuple[int, ...], dtype: ms.Type) -> Parameter:
+
+_NUMPY_DTYPES = {ms.float16: np.float16, ms.float32: np.float32, ms.int8: np.int8}
+
+
+def zeros_parameter(shape: tuple[int, ...], dtype: ms.Type) -> Parameter:
+    """A Parameter of zeros in `dtype` (float16, float32 or int8) that costs no memory until it is filled."""
     # Shares numpy's lazily mapped zeros in `dtype` itself: an unloaded 6B model costs no resident memory, and
     # (unlike an op's output, which stays in MindSpore's memory pool) the buffer is freed when loading replaces it.
-    return Parameter(Tensor.from_numpy(np.zeros(shape, dtype=np.float16 if dtype == ms.float16 else np.float32)))
+    return Parameter(Tensor.from_numpy(np.zeros(shape, dtype=_NUMPY_DTYPES[dtype])))
 
 
 def _ones(size: int, dtype: ms.Type) -> Parameter:
@@ -21,13 +28,22 @@ class Linear(nn.Cell):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: ms.Type = ms.float32):
         super().__init__()
-        self.weight = _zeros((out_features, in_features), dtype)
-        self.bias = _zeros((out_features,), dtype) if bias else None
+        self.weight = zeros_parameter((out_features, in_features), dtype)
+        self.bias = zeros_parameter((out_features,), dtype) if bias else None
         # transpose_b reads W as stored; ops.matmul(x, W.T) would copy the weight every call (~20x slower).
         self.matmul = ops.MatMul(transpose_b=True)
+        # MindSpore's CPU MatMul has no float16 kernel: it would cast the whole weight to float32 on every call
+        # (and a compiled graph keeps every cast alive). glm_ms's float16 kernel reads the weight as stored.
+        self.half_kernel = select_device() == "CPU"
 
     def construct(self, x):
         shape = x.shape
+        if self.half_kernel and self.weight.dtype == ms.float16:
+            # float32 products and sums, rounded to float16 once at the end (the bias added in float32).
+            y = half_matmul(x, self.weight)
+            if self.bias is not None:
+                y = y + self.bias.astype(ms.float32)
+            return y.astype(x.dtype)
         y = self.matmul(x.reshape(-1, shape[-1]), self.weight)
         if self.bias is not None:
             y = y + self.bias
@@ -39,7 +55,7 @@ class Embedding(nn.Cell):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, dtype: ms.Type = ms.float32):
         super().__init__()
-        self.weight = _zeros((num_embeddings, embedding_dim), dtype)
+        self.weight = zeros_parameter((num_embeddings, embedding_dim), dtype)
 
     def construct(self, ids):
         return ops.gather(self.weight, ids, 0)
@@ -51,7 +67,7 @@ class LayerNorm(nn.Cell):
     def __init__(self, hidden_size: int, eps: float = 1e-5, dtype: ms.Type = ms.float32):
         super().__init__()
         self.weight = _ones(hidden_size, dtype)
-        self.bias = _zeros((hidden_size,), dtype)
+        self.bias = zeros_parameter((hidden_size,), dtype)
         self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
 
     def construct(self, x):

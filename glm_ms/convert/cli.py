@@ -12,11 +12,14 @@ examples:
   glm-ms-convert --model-id ZhipuAI/ChatGLM-6B --mirror modelscope --out ./chatglm-6b-ms
   glm-ms-convert --model-id ZhipuAI/ChatGLM-6B --mirror modelscope --revision v1.1.0 --out ./chatglm-6b-ms \\
                  --cache-dir /data/glm_ms --endpoint https://modelscope.cn
+  glm-ms-convert --src ./chatglm-6b --out ./chatglm-6b-int4-ms --quantize 4
 
 The output folder holds mindspore_model-0000k-of-0000n.safetensors (MindSpore's safetensors format:
 mindspore.load_checkpoint(path, format="safetensors") reads each), mindspore_model.safetensors.index.json,
 config.json, the tokenizer files and glm_ms_manifest.json (source, dtype, sha256 of every file).
 Load it with ChatGLMForConditionalGeneration.from_pretrained(OUT) and ChatGLMTokenizer.from_pretrained(OUT).
+Weight-only quantized checkpoints (THUDM's -int8/-int4, or --quantize) keep their int8 weights and float16
+scales, as upstream stores them; with --quantize, config.json gets quantization_bit.
 
 Work happens in OUT.tmp-glm_ms, renamed to OUT only when complete; an interrupted run resumes
 from its finished shards when run again with the same arguments.
@@ -48,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--dtype", choices=("float16", "float32", "keep"), default="float16",
                         help="dtype of the floating-point weights written (default: float16, as published; "
                              "keep: each tensor's source dtype)")
+    output.add_argument("--quantize", type=int, choices=(8, 4), default=None,
+                        help="write the layers upstream quantizes as int8 or int4 weights with float16 scales "
+                             "(the arithmetic of THUDM's published int8/int4 checkpoints)")
+    output.add_argument("--quantize-embeddings", action="store_true",
+                        help="with --quantize: the word embeddings and output layer too")
     output.add_argument("--overwrite", action="store_true",
                         help="replace OUT if it holds something else (another conversion, other files)")
     output.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -58,16 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _convert(args: argparse.Namespace, progress: bool) -> Path:
     from .driver import convert_checkpoint
 
+    options = {"dtype": args.dtype, "overwrite": args.overwrite, "progress": progress, "quantize": args.quantize,
+               "quantize_embeddings": args.quantize_embeddings}
     if args.src:
-        return convert_checkpoint(args.src, args.out, dtype=args.dtype, overwrite=args.overwrite, progress=progress)
+        return convert_checkpoint(args.src, args.out, **options)
     from ..hub.modelscope import resolve_endpoint, snapshot_download
 
     revision = args.revision or "master"
     snapshot = snapshot_download(args.model_id, revision=revision, cache_dir=args.cache_dir, endpoint=args.endpoint,
                                  progress=progress)
-    return convert_checkpoint(snapshot, args.out, dtype=args.dtype, overwrite=args.overwrite, progress=progress,
-                              source={"model_id": args.model_id, "revision": revision,
-                                      "endpoint": resolve_endpoint(args.endpoint)})
+    return convert_checkpoint(snapshot, args.out, **options, source={"model_id": args.model_id, "revision": revision,
+                                                                    "endpoint": resolve_endpoint(args.endpoint)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.model_id and args.mirror is None:
         parser.error("--model-id needs --mirror modelscope")
+    if args.quantize_embeddings and args.quantize is None:
+        parser.error("--quantize-embeddings needs --quantize 8 or 4")
     if args.src:
         stray = [flag for flag, value in (("--mirror", args.mirror), ("--revision", args.revision),
                                           ("--cache-dir", args.cache_dir), ("--endpoint", args.endpoint)) if value]
@@ -97,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if not args.quiet:
         shards = sum(1 for name in manifest["files"] if name.endswith(".safetensors"))
-        print(f"{out}: {shards} shard(s), {manifest['dtype']}, family {manifest['family']}")
+        quantized = manifest.get("quantization")
+        bits = f", int{quantized['quantization_bit']} weights" if quantized else ""
+        print(f"{out}: {shards} shard(s), {manifest['dtype']}, family {manifest['family']}{bits}")
     return 0
 
 

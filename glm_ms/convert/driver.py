@@ -3,15 +3,16 @@
 Guarantees:
 
 * less than one source shard in memory: tensors are read one at a time straight from the torch zip (or
-  safetensors file) into their array and cast to the output dtype in chunks, so the peak is about the
-  largest tensor;
+  safetensors file) into their array and cast to the output dtype (or quantized) in chunks, so the peak is
+  about the largest tensor;
 * nothing is read outside the source folder (a symlink whose target lies outside is refused), and the output
   can never name the source (or a folder holding it) under another spelling: real paths and inodes are
   compared before anything is created, moved or removed;
-* everything checkable is checked before a byte is written: the family and config (sizes bounded), every
-  shard present, every tensor name of the index known to the family's name table, the config's number of
-  layers held by the checkpoint, then every parameter the config implies given exactly once -- otherwise
-  "missing / unexpected tensors" listing them; shapes are checked as each shard is opened;
+* everything checkable is checked before a byte is written (`plan`); shapes are checked as each shard is
+  opened;
+* quantized weights stay quantized: an int8/int4 checkpoint's int8 weights and float16 scales are written as
+  they are whatever the dtype, and `quantize` 8 or 4 writes the layers upstream quantizes as int8 weights and
+  float16 scales computed as upstream's published checkpoints are, with the config.json saying so;
 * nothing half-written looks valid: the folder is built in `<out>.tmp-glm_ms`, each shard is written as
   `*.incomplete` and renamed when complete, the manifest is written last, and the folder is renamed to
   `out` only at the very end;
@@ -22,7 +23,6 @@ Guarantees:
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import logging
@@ -33,133 +33,22 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import families
-from ..errors import CheckpointError, ConversionError, UnknownTensorError
+from ..errors import ConversionError
 from ..files import INCOMPLETE, atomic_copy, atomic_write_json, file_lock, file_matches, fsync_dir, same_file, \
     sha256_file
-from .converted import (COPIED_FILES, FORMAT, FORMAT_VERSION, INDEX, MANIFEST, SHARD_NAME, is_converted, listing,
-                        read_manifest)
-from .names import NameTable, Shapes
-from .readers.layout import CheckpointFolder, LazyTensor, find_checkpoint, open_shard, read_json_object, source_file
-from .writer import write_safetensors
+from ..kernels.quantize import quantize_rows
+from .converted import FORMAT, FORMAT_VERSION, INDEX, MANIFEST, SHARD_NAME, is_converted, listing, read_manifest
+from .names import SCALE, Shapes
+from .plan import (DTYPES, SIDE_FILES, Fingerprint, Plan, missing_unexpected, output_dtype_name, output_config,
+                   plan_conversion, weights_part)
+from .readers.layout import LazyTensor, open_shard, read_json_object, source_file
+from .writer import PendingTensor, write_safetensors
 
 logger = logging.getLogger(__name__)
 
 WORK_SUFFIX = ".tmp-glm_ms"
 OLD_SUFFIX = ".old-glm_ms"
 STATE = ".convert_state.json"
-# Output dtype: None keeps each tensor's source dtype (bfloat16 arrives widened to float32).
-DTYPES = {"float16": np.dtype(np.float16), "float32": np.dtype(np.float32), "keep": None, None: None}
-# Copied files that do not shape the weights: when only these changed, a re-run re-copies them.
-SIDE_FILES = tuple(name for name in COPIED_FILES if name != "config.json")
-
-Fingerprint = dict[str, list[int]]  # file name → [size, mtime_ns]
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """Everything known about a source before a byte is written."""
-
-    src: Path
-    ckpt: CheckpointFolder
-    family: str  # recorded in the manifest
-    table: NameTable
-    expected: Shapes  # every parameter the config implies
-    copied: tuple[str, ...]  # COPIED_FILES present in the source
-    fingerprint: Fingerprint  # every source file the conversion reads
-
-    @property
-    def weights_fingerprint(self) -> Fingerprint:
-        """The part of the fingerprint the converted shards depend on (what a resume must match)."""
-        return weights_part(self.fingerprint)
-
-
-def weights_part(files: dict[str, Any]) -> dict[str, Any]:
-    """The entries of a fingerprint that shape the weights (shards, index, config.json)."""
-    return {name: value for name, value in files.items() if name not in SIDE_FILES}
-
-
-def _missing_unexpected(source: str, missing: list[str], unexpected: list[str]) -> ConversionError:
-    parts = []
-    if missing:
-        parts.append(f"missing tensors ({len(missing)}): {listing(sorted(missing))}")
-    if unexpected:
-        parts.append(f"unexpected tensors ({len(unexpected)}): {listing(unexpected)}")
-    return ConversionError(f"{source}: " + "; ".join(parts))
-
-
-def _check_names(src: Path, table: NameTable, config: Any, names: list[str]) -> Shapes:
-    """Every name known, the config's layers held by the checkpoint, every parameter given once: the shapes."""
-    unknown, unexpected, targets = [], [], {}
-    for name in names:
-        try:
-            target = table.map_name(name)
-        except UnknownTensorError:
-            unknown.append(name)
-            continue
-        if target in targets:
-            unexpected.append(f"{name} (→ {target}, already given by {targets[target]})")
-        elif target is not None:
-            targets[target] = name
-    if unknown:
-        raise ConversionError(f"{src}: tensors not in the {table.name} name table ({len(unknown)}): "
-                              f"{listing(unknown)}")
-    # Before any table is built from the config: a config.json asking for more layers than the checkpoint holds
-    # is refused here, however many it asks for.
-    layers = {table.layer_of(name) for name in names} - {None}
-    held = max(layers) + 1 if layers else 0
-    if config.num_layers > held:
-        raise ConversionError(f"{src}: config.json has num_layers = {config.num_layers}, but the checkpoint "
-                              f"holds {held} layer(s)")
-    expected = {k: tuple(v) for k, v in table.expected_shapes(config).items()}
-    unexpected += [name for target, name in targets.items() if target not in expected]
-    missing = sorted(set(expected) - set(targets))
-    if missing or unexpected:
-        raise _missing_unexpected(str(src), missing, unexpected)
-    return expected
-
-
-def _tensor_names(ckpt: CheckpointFolder) -> list[str]:
-    """The names the checkpoint holds: its index, or (single file) the file's own header."""
-    if ckpt.weight_map is not None:
-        return list(ckpt.weight_map)
-    with open_shard(ckpt, ckpt.shards[0]) as lazy:
-        return [t.name for t in lazy]
-
-
-def fingerprint(folder: Path, names: list[str]) -> Fingerprint:
-    """{file: [size, mtime_ns]} of the source files a conversion reads: what a re-run and a resume trust."""
-    out = {}
-    for name in names:
-        st = source_file(folder, name).stat()
-        out[name] = [st.st_size, st.st_mtime_ns]
-    return out
-
-
-def _plan(src: Path, family: str | None = None) -> Plan:
-    """Check the source folder as far as it can be without writing: see the module docstring."""
-    if not source_file(src, "config.json").is_file():
-        raise ConversionError(f"{src}: no config.json (is this a model folder?)")
-    detected = families.detect(src, family=family)
-    table = detected.family.load("names")
-    try:
-        ckpt = find_checkpoint(src)
-    except ConversionError:
-        raise
-    except CheckpointError as exc:  # a source folder that cannot be converted, reported as such
-        raise ConversionError(str(exc)) from exc
-    expected = _check_names(src, table, detected.config, _tensor_names(ckpt))
-    copied = tuple(name for name in COPIED_FILES if source_file(src, name).is_file())
-    read = [*ckpt.shards, *([ckpt.index] if ckpt.index else []), *copied]
-    return Plan(src, ckpt, detected.family.name, table, expected, copied, fingerprint(src, list(dict.fromkeys(read))))
-
-
-def _dtype_name(dtype: str | None) -> str:
-    if dtype not in DTYPES:
-        raise ConversionError(f"unknown dtype {dtype!r}: use 'float16', 'float32' or 'keep'")
-    return "keep" if DTYPES[dtype] is None else dtype
-
-
 def _check_output(src: Path, out: Path) -> None:
     """Refuse an output whose folder, work folder or leftover would be (or hold) the source, however spelled."""
     real_src = src.resolve()
@@ -177,7 +66,8 @@ def _decide(out: Path, request: dict[str, Any], files: Fingerprint, overwrite: b
     if out.is_dir() and not out.is_symlink() and is_converted(out):
         manifest = read_manifest(out)
         recorded = (manifest.get("source") or {}).get("files") or {}
-        if (manifest.get("family"), manifest.get("dtype")) == (request["family"], request["dtype"]):
+        recorded_request = (manifest.get("family"), manifest.get("dtype"), manifest.get("quantization"))
+        if recorded_request == (request["family"], request["dtype"], request["quantization"]):
             if recorded == files:
                 return "done", manifest
             if weights_part(recorded) == request["source_files"]:
@@ -196,23 +86,27 @@ def _decide(out: Path, request: dict[str, Any], files: Fingerprint, overwrite: b
 
 def convert_checkpoint(src: os.PathLike | str, out: os.PathLike | str, *, dtype: str | None = "float16",
                        family: str | None = None, source: dict[str, Any] | None = None, overwrite: bool = False,
-                       progress: bool = True) -> Path:
+                       progress: bool = True, quantize: int | None = None,
+                       quantize_embeddings: bool = False) -> Path:
     """Convert the upstream checkpoint folder `src` into a MindSpore safetensors folder `out`; returns `out`.
 
     `dtype` is "float16" (as published), "float32" or "keep"/None (each tensor's source dtype); only floating
-    tensors are cast. `family` overrides the family detected from config.json. `source` adds provenance to
-    the manifest (e.g. model_id, revision, endpoint). An `out` that already holds this very conversion is
-    returned as is; anything else in the way is an error unless `overwrite`.
+    tensors are cast, and quantized weights (int8, with float16 scales) never. `quantize` 8 or 4 writes the
+    layers upstream quantizes as int8/int4 (`quantize_embeddings`: the embeddings and output layer too).
+    `family` overrides the family detected from config.json. `source` adds provenance to the manifest (e.g.
+    model_id, revision, endpoint). An `out` that already holds this very conversion is returned as is;
+    anything else in the way is an error unless `overwrite`.
     """
-    dtype_name = _dtype_name(dtype)
+    out_dtype_name = output_dtype_name(dtype)
     src = Path(src).expanduser().absolute()
     out = Path(out).expanduser().absolute()
     out = out.parent.resolve() / out.name  # the last component stays as given: it may be a symlink to replace
     if not src.is_dir():
         raise ConversionError(f"{src}: source is not a directory")
     _check_output(src, out)
-    plan = _plan(src, family)
-    request = {"family": plan.family, "dtype": dtype_name, "source_files": plan.weights_fingerprint}
+    plan = plan_conversion(src, family, quantize, quantize_embeddings)
+    request = {"family": plan.family, "dtype": out_dtype_name, "source_files": plan.weights_fingerprint,
+               "quantization": plan.output.config_entries() if plan.output else None}
     if _decide(out, request, plan.fingerprint, overwrite)[0] == "done":
         logger.info("%s already holds this conversion", out)
         return out
@@ -222,7 +116,7 @@ def convert_checkpoint(src: os.PathLike | str, out: os.PathLike | str, *, dtype:
         if action == "refresh":
             _refresh(plan, out, work, manifest)
         elif action == "convert":
-            _run(plan, out, work, _resume_state(work, request), DTYPES[dtype], dtype_name, source, progress)
+            _run(plan, out, work, _resume_state(work, request), DTYPES[dtype], out_dtype_name, source, progress)
     return out
 
 
@@ -271,7 +165,7 @@ def _run(plan: Plan, out: Path, work: Path, state: dict[str, Any], out_dtype: np
             rec = _shard(plan, work, state, shard, SHARD_NAME.format(k=k, n=len(shards)), out_dtype, bar.update)
             for src_name, target in rec["tensors"]:
                 if target in filled:
-                    raise _missing_unexpected(str(plan.src), [], [f"{shard}:{src_name} (→ {target}, already "
+                    raise missing_unexpected(str(plan.src), [], [f"{shard}:{src_name} (→ {target}, already "
                                                                   f"given by {filled[target]})"])
                 filled[target] = f"{shard}:{src_name}"
             bar.n = sum(sizes[s][0] for s in shards[:k])  # the rest of the file: zip/header overhead
@@ -324,37 +218,65 @@ def _convert_shard(lazy: list[LazyTensor], label: str, plan: Plan, out_dtype: np
         else:
             kept.append((target, t))
     if unexpected:
-        raise _missing_unexpected(label, [], unexpected)
+        raise missing_unexpected(label, [], unexpected)
     if shapes:
         raise ConversionError(f"{label}: shape mismatch ({len(shapes)}): {listing(shapes, 5)}")
     tied = set(plan.table.tied) | set(plan.table.tied.values())
     hashers = {target: hashlib.sha256() for target, _ in kept if target in tied}
-    entries = []
-    for target, t in sorted(kept, key=lambda kt: kt[0]):
-        dtype = out_dtype if (out_dtype is not None and t.dtype.kind == "f") else t.dtype
-
+    entries: list[PendingTensor] = []
+    for target, t in kept:
         def produce(t: LazyTensor = t) -> np.ndarray:
             array = t.load()
             if tuple(array.shape) != t.shape:
                 raise ConversionError(f"{label}: {t.name}: read shape {list(array.shape)}, expected {list(t.shape)}")
             on_tensor(array.nbytes)
             return array
-        entries.append((target, t.shape, dtype, produce))
+        if target in plan.quantizes:
+            entries += _quantized_entries(target, plan.output_shapes, plan.output.bits, produce)
+        else:
+            keep = out_dtype is None or t.dtype.kind != "f" or target in plan.kept_as_stored
+            entries.append((target, t.shape, t.dtype if keep else out_dtype, produce))
+    entries.sort(key=lambda entry: entry[0])
 
     def digest(name: str, data: memoryview) -> None:  # tied copies are compared by digest: never two in memory
         if name in hashers:
             hashers[name].update(data)
     size, sha = write_safetensors(dest, entries, metadata={"glm_ms": FORMAT}, on_data=digest)
     order = {t.name: target for target, t in kept}
+    # Source order: the order a loader follows to fill tied parameters exactly as upstream does; a scale the
+    # conversion computes follows its weight.
+    written = []
+    for t in lazy:
+        if t.name in order:
+            written.append([t.name, order[t.name]])
+            if order[t.name] in plan.quantizes:
+                written.append([t.name, _scale(order[t.name])])
     return {
         "size": size,
         "sha256": sha,
-        # Source order: the order a loader follows to fill tied parameters exactly as upstream does.
-        "tensors": [[t.name, order[t.name]] for t in lazy if t.name in order],
+        "tensors": written,
         "dtypes": {target: np.dtype(dtype).name for target, _, dtype, _ in entries},
         "dropped": dropped,
         "digests": {name: h.hexdigest() for name, h in hashers.items()},
     }
+
+
+def _scale(weight: str) -> str:
+    return weight.rpartition(".")[0] + "." + SCALE
+
+
+def _quantized_entries(target: str, shapes: Shapes, bits: int,
+                       produce: Callable[[], np.ndarray]) -> list[PendingTensor]:
+    """The int8 weight and float16 scale of a float weight, quantized once when the writer reaches the first."""
+    result: dict[str, np.ndarray] = {}
+
+    def part(key: str) -> np.ndarray:
+        if not result:
+            quantized = quantize_rows(produce(), bits)
+            result.update(weight=quantized.weight, scale=quantized.scale)
+        return result.pop(key)  # each is written once: nothing is kept after both are
+    return [(target, shapes[target], np.dtype(np.int8), lambda: part("weight")),
+            (_scale(target), shapes[_scale(target)], np.dtype(np.float16), lambda: part("scale"))]
 
 
 def _tied(plan: Plan, records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -382,12 +304,16 @@ def _finish(plan: Plan, out: Path, work: Path, records: list[dict[str, Any]], fi
     """Completeness checks, index, copied files, manifest (last), then the rename that publishes it all."""
     from .. import __version__
 
-    missing = sorted(set(plan.expected) - set(filled))
+    missing = sorted(set(plan.output_shapes) - set(filled))
     if missing:
-        raise _missing_unexpected(str(plan.src), missing, [])
+        raise missing_unexpected(str(plan.src), missing, [])
     files = {rec["file"]: {"size": rec["size"], "sha256": rec["sha256"]} for rec in records}
     files.update(_copy_side_files(plan, work, plan.copied))
-    total = sum(int(np.prod(plan.expected[t], dtype=np.int64)) * np.dtype(rec["dtypes"][t]).itemsize
+    config = output_config(plan)
+    if config is not None:  # quantized here: the config says so, or the folder would load as float
+        atomic_write_json(work / "config.json", config)
+        files["config.json"] = {"size": (work / "config.json").stat().st_size, "sha256": sha256_file(work / "config.json")}
+    total = sum(int(np.prod(plan.output_shapes[t], dtype=np.int64)) * np.dtype(rec["dtypes"][t]).itemsize
                 for rec in records for _, t in rec["tensors"])
     dtypes = sorted({d for rec in records for d in rec["dtypes"].values()})
     atomic_write_json(work / INDEX, {"metadata": {"format": FORMAT, "total_size": total, "dtypes": dtypes},
@@ -399,6 +325,7 @@ def _finish(plan: Plan, out: Path, work: Path, records: list[dict[str, Any]], fi
         "glm_ms_version": __version__,
         "family": plan.family,
         "dtype": dtype_name,
+        "quantization": plan.output.config_entries() if plan.output else None,
         "created": _now(),
         "source": {**(source or {}), "folder": str(plan.src), "format": plan.ckpt.format, "files": plan.fingerprint},
         "index": INDEX,

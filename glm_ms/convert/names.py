@@ -4,6 +4,10 @@ The cells keep the upstream names, so almost every row is the identity; a `None`
 purpose. A `NameTable` bundles its rows with what the converter needs to check a checkpoint without building
 the model: the parameter shapes a config implies and the tied pairs. Which table serves a folder is the
 family table's business (`glm_ms.families`, field `names`), not this module's.
+
+Weight-only quantized checkpoints (upstream's int8/int4 repositories, `quantization_bit` in config.json) store
+each quantized linear as `weight` int8 ([N, K], or [N, K/2] packed for int4) plus `weight_scale` float16 [N];
+`Quantization` says which, and a table lists the modules it applies to.
 """
 from __future__ import annotations
 
@@ -11,11 +15,56 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import UnknownTensorError
+from ..errors import ConfigError, UnknownTensorError
+from ..kernels.quantize import QuantizationError, packed_columns
 
 Shapes = dict[str, tuple[int, ...]]
 
 LAYER = "{i}"  # stands for the layer number in a row's pattern and target
+SCALE = "weight_scale"  # the per-row scale a quantized module stores next to its int8 `weight`
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """Weight-only quantization of a model: `bits` 8 or 4, and whether the embeddings / output layer are too."""
+
+    bits: int
+    embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, bool) or self.bits not in (4, 8):
+            raise ConfigError(f"quantization bits (config.json's quantization_bit) must be 4 or 8, not {self.bits!r}")
+        if not isinstance(self.embeddings, bool):
+            raise ConfigError(f"quantization_embeddings must be true or false, not {self.embeddings!r}")
+
+    @classmethod
+    def from_config(cls, data: dict[str, Any], source: str = "config.json") -> Quantization | None:
+        """The quantization a config.json dict declares (`quantization_bit`, `quantization_embeddings`), or None."""
+        bits = data.get("quantization_bit")
+        if bits is None or (bits == 0 and not isinstance(bits, bool)):
+            return None
+        try:
+            return cls(bits, data.get("quantization_embeddings", False))
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+
+    def config_entries(self) -> dict[str, Any]:
+        """The config.json keys that declare this quantization (what a quantized conversion writes)."""
+        return {"quantization_bit": self.bits, "quantization_embeddings": self.embeddings}
+
+
+def requested_quantization(stored: Quantization | None, bits: int | None,
+                           embeddings: bool = False) -> Quantization | None:
+    """The quantization to build (or write) for a checkpoint quantized as `stored` when `bits` (8, 4 or None)
+    and `embeddings` are asked for; re-quantizing to other bits is an error."""
+    if bits is None:
+        if embeddings and stored is None:
+            raise QuantizationError("quantize_embeddings needs quantize=8 or 4 (or an int8/int4 checkpoint)")
+        return stored if not embeddings else Quantization(stored.bits, True)
+    if stored is not None and stored.bits != bits:
+        raise QuantizationError(f"the checkpoint is already quantized to int{stored.bits}; quantizing it again to "
+                                f"int{bits} would round twice (load the float16 checkpoint instead)")
+    return Quantization(bits, embeddings or (stored is not None and stored.embeddings))
 
 
 @dataclass(frozen=True)
@@ -26,11 +75,17 @@ class NameTable:
     rows: tuple[tuple[str, str | None], ...]
     shapes: Callable[[Any], Shapes]  # config dataclass → parameter name → shape
     tied: dict[str, str] = field(default_factory=dict)  # parameter → the parameter it shares storage with
+    quantized: tuple[str, ...] = ()  # modules (weight [N, K]) that a quantized checkpoint stores quantized
+    quantized_embeddings: tuple[str, ...] = ()  # the modules `Quantization.embeddings` adds
     _compiled: tuple[tuple[re.Pattern, str | None], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # A quantized module's scale keeps its name, like every other row (known whether or not a config asks
+        # for quantization: the model and the converter then say the checkpoint does not fit the config).
+        scales = tuple((f"{module}.{SCALE}", f"{module}.{SCALE}")
+                       for module in self.quantized + self.quantized_embeddings)
         compiled = tuple((re.compile("^" + re.escape(pattern).replace(re.escape(LAYER), r"(?P<i>\d+)") + "$"),
-                          target) for pattern, target in self.rows)
+                          target) for pattern, target in self.rows + scales)
         object.__setattr__(self, "_compiled", compiled)
 
     def map_name(self, name: str) -> str | None:
@@ -51,21 +106,45 @@ class NameTable:
                 return int(match.group("i")) if "i" in match.groupdict() else None
         return None
 
-    def targets(self, num_layers: int) -> list[str]:
+    def targets(self, num_layers: int, quantization: Quantization | None = None) -> list[str]:
         """Every parameter name the rows fill for a model of `num_layers` blocks (drops excluded)."""
-        names: list[str] = []
-        for _, target in self.rows:
-            if target is None:
-                continue
-            if LAYER in target:
-                names.extend(target.replace(LAYER, str(i)) for i in range(num_layers))
-            else:
-                names.append(target)
-        return names
+        names = _expand([target for _, target in self.rows if target is not None], num_layers)
+        return names + [f"{module}.{SCALE}" for module in self.quantized_modules(num_layers, quantization)]
 
-    def expected_shapes(self, config: Any) -> Shapes:
+    def quantized_modules(self, num_layers: int, quantization: Quantization | None) -> list[str]:
+        """The modules `quantization` stores quantized in a model of `num_layers` blocks (none for None)."""
+        if quantization is None:
+            return []
+        modules = self.quantized + (self.quantized_embeddings if quantization.embeddings else ())
+        return _expand(list(modules), num_layers)
+
+    def tied_for(self, quantization: Quantization | None = None) -> dict[str, str]:
+        """The tied pairs; a pair of quantized modules shares its scales too."""
+        tied = dict(self.tied)
+        if quantization is not None and quantization.embeddings:
+            for param, base in self.tied.items():
+                tied[param.replace(".weight", f".{SCALE}")] = base.replace(".weight", f".{SCALE}")
+        return tied
+
+    def expected_shapes(self, config: Any, quantization: Quantization | None = None) -> Shapes:
         """Parameter name → shape for every parameter a checkpoint must fill, for a parsed config."""
-        return self.shapes(config)
+        shapes = self.shapes(config)
+        for module in self.quantized_modules(config.num_layers, quantization):
+            rows, columns = shapes[f"{module}.weight"]
+            shapes[f"{module}.weight"] = (rows, packed_columns(columns, quantization.bits))
+            shapes[f"{module}.{SCALE}"] = (rows,)
+        return shapes
+
+
+def _expand(names: list[str], num_layers: int) -> list[str]:
+    """Names with `{i}` repeated for every layer, in order."""
+    out: list[str] = []
+    for name in names:
+        if LAYER in name:
+            out.extend(name.replace(LAYER, str(i)) for i in range(num_layers))
+        else:
+            out.append(name)
+    return out
 
 
 def _layers(per_layer: Shapes, prefix: str, num_layers: int) -> Shapes:
@@ -114,6 +193,10 @@ CHATGLM_6B = NameTable(
     name="chatglm-6b", rows=CHATGLM_6B_ROWS, shapes=_chatglm_6b_shapes,
     # lm_head shares the embedding matrix (upstream ties them); checkpoints store both copies.
     tied={"lm_head.weight": "transformer.word_embeddings.weight"},
+    quantized=tuple(f"transformer.layers.{LAYER}.{m}" for m in (
+        "attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")),
+    # chatglm-6b-int4-qe (`quantization_embeddings: true`) quantizes the shared matrix under both names.
+    quantized_embeddings=("transformer.word_embeddings", "lm_head"),
 )
 
 # ChatGLM2-6B and ChatGLM3-6B share one checkpoint layout (the real ones: 200 tensors for 28 layers), with the
@@ -159,7 +242,13 @@ def _chatglm2_shapes(c: Any) -> Shapes:
     return shapes
 
 
-CHATGLM2 = NameTable(name="chatglm2", rows=CHATGLM2_ROWS, shapes=_chatglm2_shapes)
+CHATGLM2 = NameTable(
+    name="chatglm2", rows=CHATGLM2_ROWS, shapes=_chatglm2_shapes,
+    quantized=tuple(f"transformer.encoder.layers.{LAYER}.{m}" for m in (
+        "self_attention.query_key_value", "self_attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")),
+    # Not an upstream layout (chatglm2-6b-int4 keeps both float16): glm_ms's quantize_embeddings option.
+    quantized_embeddings=("transformer.embedding.word_embeddings", "transformer.output_layer"),
+)
 
 
 # MindSpore cells name LayerNorm parameters gamma/beta and Embedding's table embedding_table; MindNLP's

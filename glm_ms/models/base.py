@@ -1,8 +1,8 @@
 """What every family's causal LM shares: dtypes, input-id checks, static caches, weight loading, from_folder.
 
 A family subclass sets `config_class` (and `tied_weights` if it ties matrices), builds its `transformer` and
-provides `forward_step`, `construct`, `prefix_inputs`, `next_position_ids`, `attention_layers` and
-`position_tables` (the rotary Cell whose tables grow with the cache).
+provides `forward_step`, `construct`, `prompt_inputs`, `next_position_ids`, `attention_layers` and
+`position_tables` (the rotary Cell whose tables grow with the cache), and `max_positions` if it has a limit.
 """
 from __future__ import annotations
 
@@ -17,8 +17,13 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn
 
+from ..cells.masks import PromptMask
+from ..convert.names import NameTable, Quantization, requested_quantization
 from ..device import default_dtype, select_device
 from ..errors import ConfigError, GenerationError, UnknownTensorError, WeightError
+from ..kernels.quantize import QuantizationError
+from .quantized import (frozen_parameter_ids, quantize_layers, quantized_cells, scale_of, store_quantized,
+                        stored_quantization)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +58,7 @@ class CausalLM(nn.Cell):
 
     config_class: type = object
     tied_weights: dict[str, str] = {}  # parameter name in checkpoints → the parameter that holds its matrix
+    max_positions: int | None = None   # tokens a sequence may hold (None: rotary tables grow without a limit)
 
     def __init__(self, config: Any, dtype: str | ms.Type | None = None):
         super().__init__()
@@ -62,6 +68,7 @@ class CausalLM(nn.Cell):
         select_device()
         self.config = config
         self.compute_dtype = resolve_dtype(dtype or default_dtype())
+        self.quantization: Quantization | None = None  # set by `quantize` (int8/int4 weight-only layers)
 
     # ----- what a family provides
     def attention_layers(self) -> list[nn.Cell]:
@@ -70,6 +77,11 @@ class CausalLM(nn.Cell):
 
     def position_tables(self) -> nn.Cell:
         """The rotary Cell whose `ensure(n)` grows its tables to n positions."""
+        raise NotImplementedError
+
+    def prompt_inputs(self, ids: np.ndarray, attention_mask: Any = None,
+                      position_ids: Any = None) -> tuple[PromptMask, np.ndarray]:
+        """A prompt's mask (rows made on demand) and positions [b, 1 | 2, s]: given ones checked, else built."""
         raise NotImplementedError
 
     # ----- inputs
@@ -86,6 +98,12 @@ class CausalLM(nn.Cell):
             raise GenerationError(f"token id {int(bad[0])} is outside the vocabulary [0, {self.config.vocab_size})")
         return ids.astype(np.int64)
 
+    def prefix_inputs(self, ids: np.ndarray, attention_mask: Any = None,
+                      position_ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """A prompt's whole mask (bool [b, 1, s, s], True = masked) and positions, as upstream builds them."""
+        mask, positions = self.prompt_inputs(ids, attention_mask, position_ids)
+        return mask.rows(0, ids.shape[1]), positions
+
     # ----- static caches
     def allocate_cache(self, batch: int, capacity: int) -> None:
         """Fresh static KV caches for `batch` rows of up to `capacity` tokens; grows rotary tables if needed."""
@@ -101,11 +119,18 @@ class CausalLM(nn.Cell):
 
     # ----- dtypes
     def to_dtype(self, dtype: str | ms.Type) -> CausalLM:
-        """Cast every weight to `dtype` (float16 or float32); caches follow at the next allocation."""
+        """Cast every weight to `dtype` (float16 or float32); caches follow at the next allocation.
+
+        Quantized layers keep their int8 weights and float16 scales; their bias and output follow `dtype`.
+        """
         self.compute_dtype = resolve_dtype(dtype)
+        frozen = frozen_parameter_ids(self)
         for _, param in self.parameters_and_names():
-            if param.dtype != self.compute_dtype:
+            if id(param) not in frozen and param.dtype != self.compute_dtype:
                 param.set_dtype(self.compute_dtype)  # set_data would cast the new data back to the old dtype
+        for cell in quantized_cells(self).values():
+            if hasattr(cell, "compute_dtype"):
+                cell.compute_dtype = self.compute_dtype
         return self
 
     def half(self) -> CausalLM:
@@ -126,20 +151,56 @@ class CausalLM(nn.Cell):
         """name → Parameter for every weight (caches excluded)."""
         return {name: p for name, p in self.parameters_and_names() if p.requires_grad}
 
+    def name_table(self) -> NameTable:
+        """The checkpoint name table of this model's family."""
+        from ..families import get
+        return get(self.config.family).load("names")
+
     def default_name_map(self) -> Callable[[str], str | None]:
         """Checkpoint name → parameter name (None: dropped) by the family table of this model's config."""
-        from ..families import get
-        return get(self.config.family).load("names").map_name
+        return self.name_table().map_name
+
+    def tied_parameters(self) -> dict[str, str]:
+        """Parameter name in checkpoints → the parameter that holds its matrix (and, quantized, its scales)."""
+        tied = dict(self.tied_weights)
+        if self.quantization is not None:
+            tied.update(self.name_table().tied_for(self.quantization))
+        return tied
+
+    # ----- quantization
+    def quantize(self, bits: int, embeddings: bool = False, fast: bool = False) -> CausalLM:
+        """Quantize the weights of the layers upstream quantizes to int8 (`bits` 8) or int4, in place.
+
+        The integers and scales are those of upstream's published int8/int4 checkpoints. `embeddings` also
+        quantizes the word embeddings and output layer; `fast` uses the CPU kernels' integer dot products.
+        """
+        if self.quantization is not None:
+            raise QuantizationError(f"the model is already quantized to int{self.quantization.bits}; quantizing "
+                                    "again would round twice (load the float16 checkpoint instead)")
+        quantization = Quantization(bits, embeddings)
+        quantize_layers(self, self.name_table(), quantization, fast=fast, from_weights=True)
+        self.quantization = quantization
+        return self
+
+    def _prepare_quantized(self, quantization: Quantization | None, fast: bool) -> None:
+        # Before loading: empty quantized cells, filled from int8 tensors or quantized from float ones as read.
+        if quantization is not None:
+            quantize_layers(self, self.name_table(), quantization, fast=fast)
+            self.quantization = quantization
 
     def load_named_tensors(self, named_tensors: Iterable[tuple[str, np.ndarray]],
                            map_name: Callable[[str], str | None] | None = None,
                            source: str = "checkpoint") -> CausalLM:
-        """Fill weights from (checkpoint name, numpy array) pairs; unknown/missing/mis-shaped tensors raise."""
+        """Fill weights from (checkpoint name, numpy array) pairs; unknown/missing/mis-shaped tensors raise.
+
+        A floating-point tensor for a quantized layer is quantized as it is read.
+        """
         map_name = map_name or self.default_name_map()
         params = self.weight_parameters()
-        tied = set(self.tied_weights.values())
+        quantized = {f"{path}.weight": cell for path, cell in quantized_cells(self).items()}
+        tied_map = self.tied_parameters()
+        tied = set(tied_map.values())
         filled, digests = {}, {}
-        np_dtype = np.float16 if self.compute_dtype == ms.float16 else np.float32
         for name, array in named_tensors:
             try:
                 target = map_name(name)
@@ -147,22 +208,23 @@ class CausalLM(nn.Cell):
                 raise WeightError(f"{source}: {err}") from None
             if target is None:
                 continue
-            target = self.tied_weights.get(target, target)
+            target = tied_map.get(target, target)
             if target not in params:
-                raise WeightError(f"{source}: tensor {name!r} maps to {target!r}, which the model does not have")
-            param = params[target]
-            if tuple(array.shape) != tuple(param.shape):
-                raise WeightError(f"{source}: tensor {name!r} has shape {list(array.shape)}, "
-                                  f"the model expects {list(param.shape)}")
+                hint = " (a quantized checkpoint? config.json declares no quantization_bit)" \
+                    if target.endswith(".weight_scale") else ""
+                raise WeightError(f"{source}: tensor {name!r} maps to {target!r}, which the model does not have{hint}")
             if target in filled and target not in tied:
                 raise WeightError(f"{source}: tensor {target!r} given twice ({filled[target]!r}, {name!r})")
-            # numpy casts (if needed) into memory that is freed when replaced; a MindSpore astype would land in
-            # its memory pool, which keeps the peak of a 6B model's load one copy higher.
-            data = np.ascontiguousarray(array, dtype=np_dtype)
+            if target in quantized and np.issubdtype(array.dtype, np.floating):
+                data = np.ascontiguousarray(array)
+                store_quantized(quantized[target], data, name, source)
+                filled[scale_of(target)] = name
+            else:
+                data = _checked_array(array, params[target], name, source)
+                # from_numpy: the array becomes the weight's storage (Tensor(data) would copy a 1 GB matrix).
+                params[target].set_data(Tensor.from_numpy(data) if data.flags.writeable else Tensor(data))
             if target in tied:
                 _warn_if_tied_copies_differ(digests, target, data, filled.get(target), name, source)
-            # from_numpy: the array becomes the weight's storage (Tensor(data) would copy a 1 GB matrix once more).
-            param.set_data(Tensor.from_numpy(data) if data.flags.writeable else Tensor(data))
             filled[target] = name
         missing = sorted(set(params) - set(filled))
         if missing:
@@ -170,23 +232,49 @@ class CausalLM(nn.Cell):
         return self
 
     @classmethod
-    def from_folder(cls, folder_or_weights: Any, dtype: str | ms.Type | None = None,
-                    config: Any = None) -> CausalLM:
+    def from_folder(cls, folder_or_weights: Any, dtype: str | ms.Type | None = None, config: Any = None,
+                    quantize: int | None = None, quantize_embeddings: bool = False,
+                    fast: bool = False) -> CausalLM:
         """Build and fill the model from a local folder or a `WeightSource`: glm_ms-converted (MindSpore
-        safetensors), MindNLP's MindSpore checkpoints or upstream torch/safetensors shards."""
+        safetensors), MindNLP's MindSpore checkpoints or upstream torch/safetensors shards.
+
+        An int8/int4 checkpoint (`quantization_bit` in config.json) loads quantized. `quantize` 8 or 4
+        quantizes a float one as each tensor is read (memory: the quantized model plus one tensor);
+        `quantize_embeddings` also quantizes the embeddings and output layer; `fast` see `quantize`.
+        """
         from ..convert.readers import WeightSource, open_weights
         from ..families import detect
         weights = folder_or_weights
         if not isinstance(weights, WeightSource):
             weights = open_weights(os.fspath(folder_or_weights))
         config = config if config is not None else detect(weights.path).config
+        quantization = requested_quantization(stored_quantization(weights.path), quantize, quantize_embeddings)
         model = cls(config, dtype=dtype)
+        model._prepare_quantized(quantization, fast)
         map_name = _same_name if weights.names_are_parameters else None  # None: the family's name table
         return model.load_named_tensors(weights.tensors(), map_name=map_name, source=str(weights.path))
 
 
 def _same_name(name: str) -> str:
     return name
+
+
+def _checked_array(array: np.ndarray, param: Parameter, name: str, source: str) -> np.ndarray:
+    """`array` as the contiguous numpy data of `param`: shapes equal, integers only for int8 weights."""
+    if tuple(array.shape) != tuple(param.shape):
+        raise WeightError(f"{source}: tensor {name!r} has shape {list(array.shape)}, "
+                          f"the model expects {list(param.shape)}")
+    want = np.dtype(np.int8 if param.dtype == ms.int8 else np.float16 if param.dtype == ms.float16 else np.float32)
+    if want.kind == "f" and not np.issubdtype(array.dtype, np.floating):
+        raise WeightError(f"{source}: tensor {name!r} is {array.dtype} (a quantized checkpoint?), but the model "
+                          "holds floating-point weights there: config.json declares no quantization_bit")
+    if want.kind == "i" and array.dtype != want:
+        raise WeightError(f"{source}: tensor {name!r} is {array.dtype}; the quantized layer holds int8")
+    if name.endswith(".weight_scale") and array.dtype != np.float16:
+        raise WeightError(f"{source}: tensor {name!r} is {array.dtype}; quantization scales are float16")
+    # numpy casts (if needed) into memory that is freed when replaced; a MindSpore astype would land in its
+    # memory pool, which keeps the peak of a 6B model's load one copy higher.
+    return np.ascontiguousarray(array, dtype=want)
 
 
 def _warn_if_tied_copies_differ(digests: dict, target: str, data: np.ndarray, previous: str | None, name: str,
