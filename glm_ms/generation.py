@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .cells.masks import PromptMask
-from .decoding import MAX_TOP_K, PREFILL_CHUNK, Decoder, TokenChoice, bucket, check_sampleable
+from .decoding import MAX_TOP_K, PREFILL_CHUNK, Decoder, TokenChoice, check_sampleable
 from .device import compiled_by_default
 from .errors import GenerationError
 
@@ -299,29 +299,10 @@ class GenerationMixin:
 
     def warmup(self, max_length: int = 2048, batch: int = 1, longest_prompt: int | None = None,
                do_sample: bool = True) -> int:
-        """Compile ahead the graphs a chat of `max_length` would compile on first use: one prefill per prompt
-        bucket up to `longest_prompt`, and the decode step (sampling with upstream's NaN/Inf guard, as chat
-        does, or greedy). Returns the graphs compiled: on a GE backend each takes minutes."""
-        from .decoding import graph_compilations
-        before = graph_compilations(self)
-        options = GenerationOptions(max_length=max_length, do_sample=do_sample, compiled=True,
-                                    logits_processor=[InvalidScoreLogitsProcessor()])
-        token = min(20, self.config.vocab_size - 1)  # any id: only the shapes matter
-        for length in warmup_lengths(max_length, longest_prompt):
-            plan = GenerationPlan.build(self, np.full((batch, length), token), None, None, options)
-            decoder = Decoder(self, plan.ids, plan.mask, plan.positions, plan.max_length, True)
-            decoder.step(decoder.prefill(plan.choice), plan.choice)
-        return graph_compilations(self) - before
-
-
-def warmup_lengths(max_length: int, longest_prompt: int | None = None) -> list[int]:
-    """One prompt length per prompt bucket up to `longest_prompt` (default max_length - 1)."""
-    longest = min(longest_prompt or max_length - 1, max_length - 1)
-    lengths, n = [], 1
-    while n <= longest:
-        lengths.append(n)
-        n = bucket(n) + 1
-    return lengths
+        """Compile ahead the graphs a chat of `max_length` would compile on first use (see `glm_ms.warmup`);
+        returns how many were compiled: on a GE backend each takes minutes."""
+        from .warmup import warm_up
+        return warm_up(self, max_length, batch, longest_prompt, do_sample)
 
 
 def _sample_steps(model: Any, plan: GenerationPlan) -> Iterator[tuple[np.ndarray, np.ndarray | None, bool]]:

@@ -3,13 +3,13 @@ Parameters, and few graphs for a whole chat whatever its sampling settings."""
 import numpy as np
 from mindspore import Tensor
 
-from glm_ms.decoding import Decoder, TokenChoice, bucket, graph_compilations
+from glm_ms.decoding import Decoder, TokenChoice, bucket, graph_compilations, kv_bucket, runner_for
 from tests.support import FAMILY_FOLDERS, tiny
 
 
 def test_a_decode_step_reads_the_device_once_and_never_sweeps_parameters(model, golden, monkeypatch):
     ids = golden["fwd1_input_ids"]
-    mask, positions = model.prefix_inputs(model.check_ids(ids))
+    mask, positions = model.prompt_inputs(model.check_ids(ids))
     dec = Decoder(model, ids, mask, positions, max_length=ids.shape[1] + 6, compiled=True)
     choice = TokenChoice(do_sample=True, top_k=5, top_p=0.8, temperature=0.9, rng=np.random.default_rng(0))
     tokens = dec.step(dec.prefill(choice), choice)  # both graphs compiled (compiling reads Parameters)
@@ -28,7 +28,7 @@ def test_a_decode_step_reads_the_device_once_and_never_sweeps_parameters(model, 
     assert tokens.shape == (ids.shape[0],) and tokens.dtype == np.int32
 
 
-def test_five_turn_chat_with_changing_settings_compiles_one_graph_per_prompt_bucket_plus_decode():
+def test_five_turn_chat_with_changing_settings_compiles_graphs_per_shape_bucket_only():
     from glm_ms import AutoModel
     fresh = AutoModel.from_pretrained(FAMILY_FOLDERS["chatglm-6b"], dtype="float32")
     tokenizer = tiny("chatglm-6b").tokenizer
@@ -40,4 +40,7 @@ def test_five_turn_chat_with_changing_settings_compiles_one_graph_per_prompt_buc
         _, history = fresh.chat(tokenizer, query, history=history, max_length=160, top_k=top_k, top_p=top_p,
                                 temperature=temperature, seed=len(history))
     assert len(buckets) >= 2  # the prompts did grow across buckets
-    assert 0 < graph_compilations(fresh) <= len(buckets) + 1
+    # Graphs come from shapes only, never from the settings: one per prompt bucket, and one decode graph per
+    # cache-prefix width read (a power of two from 64: 64, 128, 256 for a 160-token limit).
+    widths = {kv_bucket(n, bucket(160, smallest=64)) for n in range(1, 161)}
+    assert 0 < graph_compilations(fresh) == len(runner_for(fresh).shape_keys) <= len(buckets) + len(widths)

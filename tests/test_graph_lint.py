@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Kernels scoped to a transformer layer, per layer (the busiest of the three graphs). An op more per layer is
 # ~28 more kernel launches per token on a 6B model: lower these when a change saves ops, raise them only with
 # a reason in the commit.
-OPS_PER_LAYER = {"chatglm-6b": 52, "chatglm2": 82, "chatglm3": 82}
+OPS_PER_LAYER = {"chatglm-6b": 59, "chatglm2": 92, "chatglm3": 92}
 
 
 @pytest.fixture(scope="module")

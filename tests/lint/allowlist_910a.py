@@ -59,8 +59,8 @@ ALLOWED = {
     "Split": {F16},                        # CANN SplitD/SplitV
     "StridedSlice": {F16, F32, I32},       # CANN StridedSliceD
     "Transpose": {F16},                    # CANN TransposeD
-    "Tile": {I32, BOOL},                   # CANN TileD: float16/float32/int32 (bool as uint8)
-    "Reshape": {F16, F32, I32},            # no kernel (a view of the same memory)
+    "Tile": {F32, I32, BOOL},              # CANN TileD: float16/float32/int32 (bool as uint8)
+    "Reshape": {F16, F32, I32, BOOL},      # no kernel (a view of the same memory)
     "ExpandDims": {F32},                   # no kernel (a view)
     "Contiguous": {F16},                   # CANN ViewCopy / TensorMove: materializes a view before a scatter
 }
