@@ -1,7 +1,7 @@
 """Graph lint: the float16 prefill and decode graphs (greedy and sampling) of every family, as MindSpore's IR
 dump records them on CPU, hold only what a 910A's AI Core runs: (op, dtype) pairs from tests/lint/allowlist_910a.py,
 no int64 tensor, no dynamic dimension, exactly one key and one value scatter per layer and no Assign, and no more
-ops per layer than recorded below."""
+ops per layer and per graph than recorded below."""
 import json
 import math
 import os
@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # ~28 more kernel launches per token on a 6B model: lower these when a change saves ops, raise them only with
 # a reason in the commit.
 OPS_PER_LAYER = {"chatglm-6b": 59, "chatglm2": 92, "chatglm3": 92}
+# Kernels in the busiest graph (2-layer fixtures; the sampling decode step): the per-layer count above misses
+# ops MindSpore hoists out of the layers' scope (such as weight casts: float32 norm parameters saved 10 / 5).
+OPS_PER_GRAPH = {"chatglm-6b": 227, "chatglm2": 279, "chatglm3": 279}
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +67,9 @@ def test_ops_per_layer_within_the_recorded_budget(graphs, family):
     per_layer = max(math.ceil(sum(n.layer is not None for n in nodes) / layers)
                     for (f, _), (nodes, layers) in graphs.items() if f == family)
     assert per_layer <= OPS_PER_LAYER[family], f"{family}: {per_layer} ops per layer"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ops_per_graph_within_the_recorded_budget(graphs, family):
+    most = max(len(nodes) for (f, _), (nodes, _) in graphs.items() if f == family)
+    assert most <= OPS_PER_GRAPH[family], f"{family}: {most} ops in its largest graph"
