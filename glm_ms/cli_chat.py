@@ -268,6 +268,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+WARMUP_LONGEST_PROMPT = 256  # prompt buckets compiled at start-up; longer prompts compile when they come
+
+
+def warm_up(model, max_length: int) -> None:
+    """On Ascend, compile the first turns' graphs before the prompt shows (each takes minutes on GE)."""
+    from .device import select_device
+    if select_device() == "Ascend":
+        print("Compiling graphs for the first answers ...", file=sys.stderr, flush=True)
+        model.warmup(max_length=max_length, longest_prompt=WARMUP_LONGEST_PROMPT)
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the model and chat on stdin / stdout; returns the exit status."""
     ctrl_c = CtrlC().block()  # before MindSpore starts any thread
@@ -278,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
     settings = chat_defaults(model)
     given = dict(max_length=args.max_length, top_p=args.top_p, temperature=args.temperature)
     settings.update({key: value for key, value in given.items() if value is not None}, do_sample=True, seed=args.seed)
+    warm_up(model, settings["max_length"])
     return chat_loop(model, tokenizer, settings, banner="⚠ " + DEMO_NOTE if is_demo(args.model) else None,
                      ctrl_c=ctrl_c)
 

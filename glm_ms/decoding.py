@@ -77,50 +77,72 @@ class TokenChoice:
     rng: np.random.Generator | None = None
 
 
-def _sample(logits, temperature, top_p, uniform, top_k):
-    """Token ids [b] drawn like the eager warpers: temperature, top-k, top-p, then inverse-CDF over vocab order."""
+MAX_TOP_K = 256  # the graph draws from this many candidates (fewer if the vocabulary is smaller); top_k masks them
+
+
+def _permute(weights, rank):
+    """weights [b, k] moved to positions `rank` [b, k] (a permutation of 0..k-1): a one-hot product, no Sort."""
+    k = rank.shape[-1]
+    onehot = (rank.reshape(-1, 1, k) == ops.arange(k, dtype=ms.float32).reshape(1, k, 1)).astype(ms.float32)
+    return (onehot * weights.reshape(-1, 1, k)).sum(-1)
+
+
+def _sample(logits, temperature, top_p, uniform, top_k, compute_dtype):
+    """Token ids [b] int32 drawn like the eager warpers: temperature, top-k, top-p, then inverse-CDF in vocab order.
+
+    Sort-free for 910A (its float32 Sort runs on the AI CPU; a float16 one corrupts ids above 2048): TopK on the
+    compute-dtype scores picks MAX_TOP_K candidates, every order among them is a k×k comparison count, and the
+    arithmetic (float32 softmax, cumulative sums in eager's order) is the one the eager path does.
+    """
     scaled = logits / temperature
-    values, index = ops.topk(scaled, top_k)                            # [b, k], best first
+    k = min(MAX_TOP_K, logits.shape[-1])
+    _, index = ops.topk(scaled.astype(compute_dtype), k)                # int32 [b, k] candidates
+    values = ops.gather_elements(scaled, -1, index)                      # their float32 scores
+    v_i, v_j = values.reshape(-1, k, 1), values.reshape(-1, 1, k)
+    id_i, id_j = index.reshape(-1, k, 1), index.reshape(-1, 1, k)
+    # top-k keeps every score no lower than the k-th best (ties kept), as top_k_warp does.
+    above = (v_j > v_i).astype(ms.float32).sum(-1)
+    values = ops.where(above < top_k.astype(ms.float32), values, ops.full_like(values, -_INF))
     probs = ops.softmax(values, -1)
-    # Eager top-p walks the scores in ascending order and drops those whose running sum is <= 1 - top_p
-    # (never the best); the running sum of the r-th best is the sum from it down to the worst: a reverse cumsum.
-    ascending_sum = ops.CumSum(reverse=True)(probs, -1)
-    keep = ops.logical_or(ascending_sum > (1.0 - top_p), ops.arange(top_k) == 0)
-    probs = ops.where(keep, probs, ops.zeros_like(probs))
-    # numpy's choice() inverts the CDF taken in vocabulary order; sort the candidates by token id to match it.
-    ids, order = ops.sort(index.astype(ms.float32), -1)               # ids < 2**24 are exact in float32
-    cdf = ops.cumsum(ops.gather_elements(probs, -1, order), -1)
-    below = (cdf <= uniform.reshape(-1, 1) * cdf[:, -1:]).astype(ms.int32).sum(-1, keepdims=True)
-    pick = ops.minimum(below, top_k - 1)
-    tokens = ops.gather_elements(ids, -1, pick).reshape(-1).astype(ms.int32)
+    # Eager top-p walks the scores in stable ascending order (ties by id) and drops those whose running sum is
+    # <= 1 - top_p, never the last; here the candidates are put in the reverse of that order, best first.
+    descending = ops.logical_or(v_j > v_i, ops.logical_and(v_j == v_i, id_j > id_i)).astype(ms.float32).sum(-1)
+    ascending_sum = ops.CumSum(reverse=True)(_permute(probs, descending), -1)
+    keep = ops.logical_or(ascending_sum > (1.0 - top_p), ops.arange(k, dtype=ms.int32) == 0).astype(ms.float32)
+    probs = probs * ops.gather_elements(keep, -1, descending.astype(ms.int32))   # back to candidate order
+    # numpy's choice() inverts the CDF taken in vocabulary order: candidates ranked by id, Σ [id_j < id_i].
+    by_id = (id_j < id_i).astype(ms.float32).sum(-1)
+    cdf = ops.cumsum(_permute(probs, by_id), -1)
+    below = (cdf <= uniform.reshape(-1, 1) * cdf[:, -1:]).astype(ms.float32).sum(-1, keepdims=True)
+    pick = ops.minimum(below, k - 1)
+    tokens = ops.amax(ops.where(by_id == pick, index, ops.full_like(index, -1)), -1)
     # check_sampleable's rule: NaN/+inf anywhere, or a row without a finite score → -1, which the host raises on.
-    ok = ops.logical_and((scaled < _INF).all(), (scaled.max(-1) > -_INF).all())
+    ok = ops.logical_and((scaled < _INF).all(), (ops.amax(scaled, -1) > -_INF).all())  # amax: no int64 argmax
     return ops.where(ok, tokens, ops.full_like(tokens, -1))
 
 
 class _Step(nn.Cell):
     """`model.forward_step` on the last position followed by the token choice: the unit compiled as a graph."""
 
-    def __init__(self, model: nn.Cell, mode: str, top_k: int, guard_token: int, guard_score: float):
+    def __init__(self, model: nn.Cell, mode: str, guard_token: int, guard_score: float):
         # auto_prefix=False: holding the model must not rename its parameters (they equal checkpoint names).
         super().__init__(auto_prefix=False)
         self.model = model
         self.mode = mode  # "logits" | "greedy" | "sample"
-        self.top_k = top_k
         self.guard_token = guard_token
         self.guard_score = guard_score
 
-    def construct(self, ids, positions, mask, slots, temperature, top_p, uniform, guard):
+    def construct(self, ids, positions, mask, slots, temperature, top_p, top_k, uniform, guard):
         logits = self.model.forward_step(ids, positions, mask, slots, True)[:, -1]   # [b, vocab] float32
         if self.mode == "logits":
             return logits
         # The guard's scores replace the logits before the choice, as the eager processor does.
         invalid = ops.logical_and(guard, ops.logical_not(ops.isfinite(logits).all()))
-        column = (ops.arange(logits.shape[-1]) == self.guard_token).astype(ms.float32)
+        column = (ops.arange(logits.shape[-1], dtype=ms.int32) == self.guard_token).astype(ms.float32)
         logits = ops.where(invalid, ops.zeros_like(logits) + column * self.guard_score, logits)
         if self.mode == "greedy":
-            return ops.argmax(logits, -1).astype(ms.int32)
-        return _sample(logits, temperature, top_p, uniform, self.top_k)
+            return ops.Argmax(axis=-1, output_type=ms.int32)(logits)
+        return _sample(logits, temperature, top_p, uniform, top_k, self.model.compute_dtype)
 
 
 # ----------------------------------------------------------------------------- compiled steps
@@ -151,9 +173,10 @@ class StepInputs:
     slots: np.ndarray      # [s]
 
     def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The four inputs of `forward_step` (int32 ids, positions and slots)."""
-        return (Tensor(np.asarray(self.ids, dtype=np.int32)), Tensor(np.asarray(self.positions, dtype=np.int32)),
-                Tensor(self.mask), Tensor(np.asarray(self.slots, dtype=np.int32)))
+        """The four inputs of `forward_step` (int32 ids, positions and slots), contiguous (GE rejects views)."""
+        return (Tensor(np.ascontiguousarray(self.ids, dtype=np.int32)),
+                Tensor(np.ascontiguousarray(self.positions, dtype=np.int32)),
+                Tensor(np.ascontiguousarray(self.mask)), Tensor(np.ascontiguousarray(self.slots, dtype=np.int32)))
 
 
 class CompiledRunner:
@@ -166,20 +189,25 @@ class CompiledRunner:
         self.compiles = 0        # graph compilations counted by MindSpore during our calls
         self.shape_keys = set()  # distinct (step, input shapes) called: what a compilation counter keys on
         self._steps = OrderedDict()
+        self._storage = None
 
-    def _fingerprint(self) -> tuple:
+    def bind(self) -> None:
+        """Note the model's Parameter storages: call after allocating caches or loading weights, not per step."""
         # A graph is bound to the Parameter storages present when it was compiled: new cache Parameters (another
         # buffer shape) or weights replaced with set_data (loading, half()) need steps compiled afresh, and so
-        # does a new P-tuning prefix length (a constant of the graph).
+        # does a new P-tuning prefix length (a constant of the graph). The sweep (one data_ptr per Parameter, an
+        # experimental API that may synchronise an NPU) runs once per Decoder.
         storages = tuple((id(p), _storage_id(p)) for _, p in self.model.parameters_and_names())
-        return (getattr(self.model, "prefix_length", 0),) + storages
+        self._storage = (getattr(self.model, "prefix_length", 0),) + storages
 
-    def step(self, mode: str, top_k: int = 0, guard_token: int | None = None, guard_score: float = 0.0) -> Any:
+    def step(self, mode: str, guard_token: int | None = None, guard_score: float = 0.0) -> Any:
         """The jitted step for this token-choice mode and the model's current buffers."""
-        key = (self._fingerprint(), mode, top_k, guard_token, guard_score)
+        if self._storage is None:
+            self.bind()
+        key = (self._storage, mode, guard_token, guard_score)
         fn = self._steps.pop(key, None)
         if fn is None:
-            cell = _Step(self.model, mode, top_k, -1 if guard_token is None else guard_token, guard_score)
+            cell = _Step(self.model, mode, -1 if guard_token is None else guard_token, guard_score)
             fn = ms.jit(cell, **jit_config())
         self._steps[key] = fn
         while len(self._steps) > self.MAX_STEPS:
@@ -202,16 +230,16 @@ class CompiledRunner:
         batch = inputs.ids.shape[0]
         uniform = np.zeros(batch, np.float32)
         if choice is None:
-            fn, choice_inputs = self.step("logits"), (1.0, 1.0, False)
+            fn, settings = self.step("logits"), (1.0, 1.0, 0, False)
         else:
-            mode = "sample" if choice.do_sample else "greedy"
-            fn = self.step(mode, int(choice.top_k) if choice.do_sample else 0, choice.guard_token, choice.guard_score)
-            choice_inputs = (choice.temperature, choice.top_p, choice.guard_token is not None)
+            fn = self.step("sample" if choice.do_sample else "greedy", choice.guard_token, choice.guard_score)
+            settings = (choice.temperature, choice.top_p, choice.top_k, choice.guard_token is not None)
             if choice.do_sample:
                 uniform = choice.rng.random(batch).astype(np.float32)  # one draw per row, as eager's choice() takes
-        temperature, top_p, guard = choice_inputs
+        temperature, top_p, top_k, guard = settings
+        # Settings are inputs, not constants: changing temperature, top_p or top_k never compiles a graph.
         out = self.call(fn, *inputs.tensors(), Tensor(np.float32(temperature)), Tensor(np.float32(top_p)),
-                        Tensor(uniform), Tensor(np.bool_(guard))).asnumpy()
+                        Tensor(np.int32(top_k)), Tensor(uniform), Tensor(np.bool_(guard))).asnumpy()
         if choice is not None and (out < 0).any():
             raise unsampleable(choice.temperature)
         return out
@@ -363,6 +391,8 @@ class Decoder:
         capacity = bucket(max(max_length, bucket(seq)), smallest=64) if compiled else max_length
         self.pieces = prefill_pieces(ids, mask, positions, capacity, compiled, chunk)
         model.allocate_cache(ids.shape[0], capacity)
+        if self.runner is not None:
+            self.runner.bind()
         self.state = DecodeState(model, mask, positions, capacity, max_length, bucketed=compiled)
 
     def _run(self, inputs: StepInputs, choice: TokenChoice | None, compiled: bool = True) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .cells.masks import PromptMask
-from .decoding import PREFILL_CHUNK, Decoder, TokenChoice, check_sampleable
+from .decoding import MAX_TOP_K, PREFILL_CHUNK, Decoder, TokenChoice, check_sampleable
 from .device import compiled_by_default
 from .errors import GenerationError
 
@@ -226,10 +226,11 @@ def _graph_choice(options: GenerationOptions, processors: list, compiled: bool, 
                   rng: np.random.Generator) -> TokenChoice | None:
     """How the compiled graph chooses tokens, or None when the host must see the scores."""
     # The token is chosen inside the graph unless the host needs the scores: to return them, for beam search,
-    # or for processors the graph does not have (only upstream's NaN/Inf guard is built in).
+    # or for processors the graph does not have (only upstream's NaN/Inf guard is built in), or when top_k is
+    # off or above the graph's MAX_TOP_K candidates.
     guards = [p for p in processors if type(p) is InvalidScoreLogitsProcessor]
     if (not compiled or len(guards) < len(processors) or options.output_scores or options.num_beams > 1
-            or (options.do_sample and not options.top_k)):
+            or (options.do_sample and not 0 < min(options.top_k, vocab_size) <= MAX_TOP_K)):
         return None
     return TokenChoice(do_sample=bool(options.do_sample), temperature=float(options.temperature),
                        top_p=float(options.top_p), top_k=min(options.top_k, vocab_size) if options.do_sample else 0,
@@ -295,6 +296,13 @@ class GenerationMixin:
             if stop and not include_last:
                 return
             yield ids
+
+    def warmup(self, max_length: int = 2048, batch: int = 1, longest_prompt: int | None = None,
+               do_sample: bool = True) -> int:
+        """Compile ahead the graphs a chat of `max_length` would compile on first use (see `glm_ms.warmup`);
+        returns how many were compiled: on a GE backend each takes minutes."""
+        from .warmup import warm_up
+        return warm_up(self, max_length, batch, longest_prompt, do_sample)
 
 
 def _sample_steps(model: Any, plan: GenerationPlan) -> Iterator[tuple[np.ndarray, np.ndarray | None, bool]]:

@@ -64,14 +64,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                             "checkpoint folder (its prefix); a model id comes from --mirror too")
     group.add_argument("--device", choices=("CPU", "Ascend"), default=None,
                        help="MindSpore device (default: $GLM_MS_DEVICE, else Ascend when present, else CPU)")
+    group.add_argument("--device-id", type=int, default=None, metavar="N",
+                       help="which NPU on Ascend (default: $DEVICE_ID, else 0)")
     return parser
 
 
 def load_from_args(args: argparse.Namespace) -> tuple:
     """`load_model` driven by the flags of `add_model_arguments`."""
-    if args.device:
+    device_id = getattr(args, "device_id", None)
+    if args.device or device_id is not None:
         from .device import select_device
-        select_device(args.device)
+        select_device(args.device, device_id)
     return load_model(args.model, mirror=args.mirror, dtype=args.dtype, revision=args.revision,
                       cache_dir=args.cache_dir, adapter=args.adapter)
 

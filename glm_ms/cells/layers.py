@@ -19,8 +19,8 @@ def zeros_parameter(shape: tuple[int, ...], dtype: ms.Type) -> Parameter:
     return Parameter(Tensor.from_numpy(np.zeros(shape, dtype=_NUMPY_DTYPES[dtype])))
 
 
-def _ones(size: int, dtype: ms.Type) -> Parameter:
-    return Parameter(Tensor(np.ones((size,), dtype=np.float32)).astype(dtype))
+def _ones(size: int) -> Parameter:
+    return Parameter(Tensor(np.ones((size,), dtype=np.float32)))
 
 
 class Linear(nn.Cell):
@@ -62,26 +62,33 @@ class Embedding(nn.Cell):
 
 
 class LayerNorm(nn.Cell):
-    """LayerNorm over the last axis whose statistics are always taken in float32."""
+    """LayerNorm over the last axis whose statistics are always taken in float32.
+
+    Its parameters stay float32 whatever the model's dtype (`dtype` only keeps the layers' signature alike):
+    they are read in float32 anyway, and float16 copies would cost a Cast per call.
+    """
 
     def __init__(self, hidden_size: int, eps: float = 1e-5, dtype: ms.Type = ms.float32):
         super().__init__()
-        self.weight = _ones(hidden_size, dtype)
-        self.bias = zeros_parameter((hidden_size,), dtype)
+        self.weight = _ones(hidden_size)
+        self.bias = zeros_parameter((hidden_size,), ms.float32)
         self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
 
     def construct(self, x):
         # fp16 variance over 4096 channels overflows/loses precision; the reference and 910A kernels use fp32.
-        y, _, _ = self.norm(x.astype(ms.float32), self.weight.astype(ms.float32), self.bias.astype(ms.float32))
+        y, _, _ = self.norm(x.astype(ms.float32), self.weight, self.bias)
         return y.astype(x.dtype)
 
 
 class RMSNorm(nn.Cell):
-    """x / sqrt(mean(x²) + eps) * weight over the last axis: no bias, no centring, statistics in float32."""
+    """x / sqrt(mean(x²) + eps) * weight over the last axis: no bias, no centring, statistics in float32.
+
+    The weight stays float32 whatever the model's dtype, as LayerNorm's.
+    """
 
     def __init__(self, hidden_size: int, eps: float = 1e-5, dtype: ms.Type = ms.float32):
         super().__init__()
-        self.weight = _ones(hidden_size, dtype)
+        self.weight = _ones(hidden_size)
         self.eps = eps
 
     def construct(self, x):
@@ -89,4 +96,10 @@ class RMSNorm(nn.Cell):
         # back only at the end; fp16 squares of 4096 channels would overflow.
         h = x.astype(ms.float32)
         variance = ops.mean(h * h, -1, True)
-        return (self.weight.astype(ms.float32) * (h * ops.rsqrt(variance + self.eps))).astype(x.dtype)
+        return (self.weight * (h * ops.rsqrt(variance + self.eps))).astype(x.dtype)
+
+
+def float32_parameter_ids(model: nn.Cell) -> set[int]:
+    """ids of the norm parameters, which stay float32 when the model's dtype changes."""
+    return {id(p) for _, cell in model.cells_and_names() if isinstance(cell, (LayerNorm, RMSNorm))
+            for p in cell.get_parameters()}

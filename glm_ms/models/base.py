@@ -19,6 +19,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
+from ..cells.layers import float32_parameter_ids
 from ..cells.masks import PromptMask
 from ..convert.names import NameTable, Quantization, requested_quantization
 from ..device import default_dtype, select_device
@@ -152,9 +153,10 @@ class CausalLM(nn.Cell):
         """Cast every weight to `dtype` (float16 or float32); caches follow at the next allocation.
 
         Quantized layers keep their int8 weights and float16 scales; their bias and output follow `dtype`.
+        Norm parameters stay float32 (see cells.layers.LayerNorm).
         """
         self.compute_dtype = resolve_dtype(dtype)
-        frozen = frozen_parameter_ids(self)
+        frozen = frozen_parameter_ids(self) | float32_parameter_ids(self)  # int8 weights and scales; norms
         for _, param in self.parameters_and_names():
             if id(param) not in frozen and param.dtype != self.compute_dtype:
                 param.set_dtype(self.compute_dtype)  # set_data would cast the new data back to the old dtype

@@ -60,7 +60,7 @@ class _Step(nn.Cell):
         logits = self.model.forward_step(ids, positions, mask, slots, True)[:, -1]   # [b, vocab] float32
         if not self.greedy:
             return logits
-        tokens = ops.argmax(logits, -1).astype(ms.int32)
+        tokens = ops.Argmax(axis=-1, output_type=ms.int32)(logits)  # int32 throughout: no int64 Argmax in the graph
         valid = ops.isfinite(logits).all(-1)
         return ops.where(valid, tokens, ops.full_like(tokens, self.guard_token))
 

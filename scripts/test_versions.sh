@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The Ascend-relevant tests on the older MindSpore releases setup.cfg accepts, each in its own virtualenv:
+#   bash scripts/test_versions.sh [VERSION ...]        (default: 2.7.2 2.8.0; the main run covers 2.10)
+# A virtualenv per version is created under $GLM_MS_VENV_ROOT (default ~/.cache/glm_ms/venvs/mindspore-VERSION)
+# and reused while its MindSpore still imports at that version; mindspore==VERSION comes from the package
+# registry (set PIP_FIND_LINKS=/folder/of/wheels to install downloaded wheels instead). ~2.7 GB per version.
+# Tests: parity (both families), compiled decoding, sampling graph, graph lint, selfcheck, device choices.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="${GLM_MS_VENV_ROOT:-$HOME/.cache/glm_ms/venvs}"
+versions=("$@")
+[ ${#versions[@]} -gt 0 ] || versions=(2.7.2 2.8.0)
+tests=(tests/models/test_chatglm_parity.py tests/models/test_chatglm2_parity.py tests/test_decoding.py
+       tests/test_sampling_graph.py tests/test_compile_budget.py tests/test_graph_lint.py tests/test_selfcheck.py
+       tests/test_device.py)
+for version in "${versions[@]}"; do
+    venv="$root/mindspore-$version"
+    start=$SECONDS
+    if ! "$venv/bin/python" -c "import mindspore, sys; sys.exit(mindspore.__version__ != '$version')" 2>/dev/null; then
+        echo "== MindSpore $version: creating $venv" >&2
+        rm -rf "$venv"
+        mkdir -p "$root"
+        python3 -m venv "$venv"
+        "$venv/bin/python" -m pip install -q --upgrade pip
+    fi
+    # The project's own requirements with MindSpore pinned: fails if setup.cfg's range excludes this version.
+    "$venv/bin/python" -m pip install -q "mindspore==$version" -e . pytest
+    echo "== MindSpore $version: ready in $((SECONDS - start)) s; testing" >&2
+    PYTHONPATH="$PWD" "$venv/bin/python" -m pytest -q -p no:cacheprovider "${tests[@]}"
+    echo "== MindSpore $version: done in $((SECONDS - start)) s" >&2
+done
