@@ -48,7 +48,9 @@ def test_no_module_imports_another_modules_underscore_names(path):
 
 def test_mindspore_free_parts_stay_free():
     code = ("import sys, glm_ms, glm_ms.convert, glm_ms.convert.cli, glm_ms.hub.resolve, glm_ms.families, "
-            "glm_ms.prompts, glm_ms.tokenizers.chatglm, glm_ms.tokenizers.chatglm2, glm_ms.kernels.build, glm_ms.kernels.quantize, glm_ms.files; "
+            "glm_ms.prompts, glm_ms.tokenizers.chatglm, glm_ms.tokenizers.chatglm2, glm_ms.kernels.build, "
+            "glm_ms.kernels.quantize, glm_ms.files, glm_ms.adapters, glm_ms.adapters.lora, glm_ms.adapters.ptuning, "
+            "glm_ms.adapters.conversion; "
             "print([m for m in ('mindspore', 'gradio', 'torch') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
