@@ -63,7 +63,12 @@ class _Defaults:
     def chat_settings(self, max_length: int | None, top_p: float | None, temperature: float | None) -> tuple:
         """(max_length, top_p, temperature) with the family's chat defaults for those not given."""
         row = families.get(self.config.family).chat
-        return (row.max_length if max_length is None else max_length, row.top_p if top_p is None else top_p,
+        default_length = row.max_length
+        if getattr(self.config, "rope_ratio", 1.0) != 1.0:
+            # The long-context variants (chatglm2-6b-32k, chatglm3-6b-32k) chat up to their seq_length by
+            # default, as their own chat() does (32768).
+            default_length = self.config.seq_length
+        return (default_length if max_length is None else max_length, row.top_p if top_p is None else top_p,
                 row.temperature if temperature is None else temperature)
 
     def _role(self, role: str | None) -> str | None:

@@ -163,8 +163,8 @@ class ChatGLM2Config(_ConfigJSON):
     rmsnorm: bool = True            # RMSNorm (else LayerNorm with bias)
     post_layer_norm: bool = True    # final_layernorm after the last block
     original_rope: bool = True      # upstream flag; both values use the same rotary code
-    rope_ratio: float = 1.0         # rotary base = 10000 * rope_ratio (ChatGLM3-6B-32K uses 50)
-    seq_length: int = 8192          # positions the model was trained on (rotary tables grow on demand)
+    rope_ratio: float = 1.0         # long-context variants' rotary stretch (16, 50); see `rope_scaling`
+    seq_length: int = 8192          # positions the model has: generation refuses a max_length beyond it
     eos_token_id: int = 2           # </s>
     pad_token_id: int = 0           # <unk> doubles as pad
     pre_seq_len: Optional[int] = None  # P-tuning v2 prefix length (not supported)
@@ -217,6 +217,17 @@ class ChatGLM2Config(_ConfigJSON):
         return self.kv_channels // 2
 
     @property
+    def rope_scaling(self) -> str:
+        """How `rope_ratio` stretches the rotary: the family's rule ("positions" or "base")."""
+        from .families import get  # the table imports this module
+        return get(self.family).rope_scaling
+
+    @property
     def rotary_base(self) -> float:
-        """Base of the rotary frequencies."""
-        return 10000.0 * self.rope_ratio
+        """Base of the rotary frequencies: 10000, times `rope_ratio` under the "base" rule."""
+        return 10000.0 * (self.rope_ratio if self.rope_scaling == "base" else 1.0)
+
+    @property
+    def rotary_position_scale(self) -> float:
+        """What positions are divided by before they turn: `rope_ratio` under the "positions" rule, else 1."""
+        return float(self.rope_ratio) if self.rope_scaling == "positions" else 1.0

@@ -1,14 +1,18 @@
 """Decoding on the static KV cache: the prompt, then one token per row and step, as eager Cells or compiled graphs.
 
-Both paths share one `DecodeState` (cache slots used, each row's key mask and last position). The compiled path
-runs `model.forward_step` (of any family) followed by the choice of the next token as one static-shape
-MindSpore graph, so a decode step is one graph launch and one read of `batch` token ids. Shapes are static
-per (batch, prompt bucket, cache capacity), so a run compiles one prefill graph and one decode graph, and
-later runs in the same buckets compile nothing:
+Both paths share one `DecodeState` (cache slots used, each row's key mask and last position) and read only the
+cache slots in use: a step's mask [b, 1, s, L] says which slots 0..L-1 it reads. A prompt longer than the
+chunk (`PREFILL_CHUNK` by default) is prefilled in pieces, each against the cache written so far plus itself,
+so no step holds more than chunk × context scores. The compiled path runs `model.forward_step` (of any
+family) followed by the choice of the next token as one static-shape MindSpore graph, so a decode step is one
+graph launch and one read of `batch` token ids. Shapes are static per (batch, prompt bucket, slots read), so a
+run compiles a prefill graph for a short prompt and a decode graph per doubling of the slots read, and later
+runs in the same buckets compile nothing:
 
-- the prompt is left-padded to a bucket; the pads are written to the *last* cache slots and masked for every
+- a short prompt is left-padded to a bucket; the pads are written to the *last* cache slots and masked for every
   real row, so real tokens keep the slots, positions and mask of the eager path (cache slot i = token i);
-- the cache capacity is max_length rounded up to a bucket;
+- a long prompt's pieces run eagerly and its last token as a decode-shaped graph (see `prefill_pieces`);
+- the cache capacity is max_length rounded up to a bucket; a step reads a power-of-two prefix of it;
 - token ids, positions, cache slots, masks, temperature, top-p and the sampling uniforms are tensors: no
   Python value that changes between steps is baked into a graph.
 """
@@ -21,12 +25,14 @@ from typing import Any
 import numpy as np
 
 from .device import jit_config  # before MindSpore: device.py sets how the OpenMP runtime MindSpore loads idles
+from .cells.masks import PromptMask
 from .errors import GenerationError
 
 import mindspore as ms  # noqa: E402
 from mindspore import Tensor, nn, ops  # noqa: E402
 
 BUCKET_STEP = 256  # powers of two up to here, then multiples of it: at most 255 wasted slots past 256
+PREFILL_CHUNK = 512  # prompt tokens per prefill piece: longer prompts are prefilled piece by piece
 _INF = float("inf")
 
 
@@ -141,7 +147,7 @@ class StepInputs:
     """What one forward step reads (numpy): the tokens, their positions, the mask, and the cache slots written."""
     ids: np.ndarray        # [b, s]
     positions: np.ndarray  # [b, 2 | 1, s]
-    mask: np.ndarray       # [b, 1, s, capacity] bool, True = masked
+    mask: np.ndarray       # [b, 1, s, L] bool, True = masked: the step reads cache slots 0..L-1
     slots: np.ndarray      # [s]
 
     def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -227,51 +233,104 @@ def graph_compilations(model: nn.Cell) -> int:
 # ----------------------------------------------------------------------------- the decoder both paths share
 
 
-def exact_prompt(ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, capacity: int) -> StepInputs:
-    """The eager prompt: as given, written at slots 0..seq-1, the unwritten cache slots masked."""
-    batch, seq = ids.shape
-    wide = np.concatenate([mask, np.ones((batch, 1, seq, capacity - seq), dtype=bool)], axis=-1)
-    return StepInputs(ids, positions, wide, np.arange(seq))
+def kv_bucket(used: int, capacity: int) -> int:
+    """Cache slots a compiled step reads to cover `used` slots: a power of two from 64, at most the capacity.
+
+    Powers of two keep the graphs of a long run few (one per doubling) at the price of reading up to twice the
+    slots in use; the slots past those in use are masked.
+    """
+    return min(capacity, max(64, 1 << (max(int(used), 1) - 1).bit_length()))
 
 
-def bucketed_prompt(ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, capacity: int) -> StepInputs:
-    """The compiled prompt: left-padded to its bucket, pads at the last cache slots (see the module docstring)."""
+def prompt_spans(seq: int, chunk: int) -> list[tuple[int, int]]:
+    """(start, stop) of each prefill piece: the remainder first, then whole chunks (one piece if seq <= chunk).
+
+    The remainder goes first so that, compiled, only the first piece is padded to a bucket; every later piece
+    has the chunk's own shape.
+    """
+    if not (isinstance(chunk, int) and chunk > 0):
+        raise GenerationError(f"prefill_chunk must be a positive integer, got {chunk!r}")
+    first = seq % chunk or min(seq, chunk)
+    return [(0, first)] + [(start, start + chunk) for start in range(first, seq, chunk)]
+
+
+def exact_piece(ids: np.ndarray, mask: PromptMask, positions: np.ndarray, start: int, stop: int) -> StepInputs:
+    """Prompt tokens start..stop-1 as they are, at slots start..stop-1, reading exactly slots 0..stop-1."""
+    return StepInputs(ids[:, start:stop], positions[..., start:stop], mask.rows(start, stop), np.arange(start, stop))
+
+
+def bucketed_prompt(ids: np.ndarray, mask: PromptMask, positions: np.ndarray, capacity: int) -> StepInputs:
+    """The compiled prompt: left-padded to its bucket, reading a bucketed prefix of the cache.
+
+    Pads go first (so the last row is the last real token) but into the *last* cache slots: real tokens keep
+    slots 0..seq-1 as in eager; decoding overwrites the pad slots only when it gets there. Pad rows are masked
+    from everything (their output is unused; the -10000 fill keeps them finite).
+    """
     batch, seq = ids.shape
     pad = bucket(seq) - seq
-    # Pads go first in the prompt (so its last row is the last real token) but into the *last* cache slots:
-    # real tokens keep slots 0..seq-1 as in eager; decoding overwrites the pad slots only when it gets there.
+    width = kv_bucket(seq, capacity)
     slots = np.concatenate([np.arange(capacity - pad, capacity), np.arange(seq)])
     padded_ids = np.concatenate([np.zeros((batch, pad), np.int64), ids], axis=1)
     padded_positions = np.pad(positions, [(0, 0)] * (positions.ndim - 1) + [(pad, 0)])
-    wide = np.ones((batch, 1, pad + seq, capacity), dtype=bool)
-    wide[:, :, pad:, :seq] = mask                  # real rows see what they see in eager, never a pad
-    wide[:, :, :pad, capacity - pad:] = False      # pad rows see only pads (their output is unused)
-    return StepInputs(padded_ids, padded_positions, wide, slots)
+    rows = np.ones((batch, 1, pad + seq, width), dtype=bool)
+    rows[:, :, pad:] = mask.rows(0, seq, width)  # real rows see what they see in eager, never a pad
+    return StepInputs(padded_ids, padded_positions, rows, slots)
+
+
+@dataclass
+class Piece:
+    """One prefill piece and whether it runs as a compiled graph (else eagerly)."""
+    inputs: StepInputs
+    compiled: bool
+
+
+def prefill_pieces(ids: np.ndarray, mask: PromptMask, positions: np.ndarray, capacity: int, compiled: bool,
+                   chunk: int) -> list[Piece]:
+    """How a prompt is prefilled: in one piece, or in chunks of `chunk` tokens when longer (causal masks only).
+
+    Compiled, a long prompt's chunks run eagerly and only its last token runs as a graph, of a decode step's
+    shape: MindSpore's CPU graphs keep every intermediate of a graph allocated for as long as the graph lives
+    (a 512-token piece against 4096 keys holds gigabytes per layer), whereas an eager piece frees each one as
+    it goes, and a piece is large enough that op dispatch does not count.
+    """
+    seq = ids.shape[1]
+    spans = prompt_spans(seq, chunk) if mask.chunkable else [(0, seq)]
+    if not compiled:
+        return [Piece(exact_piece(ids, mask, positions, a, b), False) for a, b in spans]
+    if len(spans) == 1:
+        return [Piece(bucketed_prompt(ids, mask, positions, capacity), True)]
+    last = StepInputs(ids[:, -1:], positions[..., -1:], mask.rows(seq - 1, seq, kv_bucket(seq, capacity)),
+                      np.array([seq - 1]))
+    return [Piece(exact_piece(ids, mask, positions, a, b), False) for a, b in prompt_spans(seq - 1, chunk)] + \
+        [Piece(last, True)]
 
 
 class DecodeState:
     """The bookkeeping both paths share: tokens in the cache, each row's key mask and last position."""
 
-    def __init__(self, model: nn.Cell, mask: np.ndarray, positions: np.ndarray, capacity: int, limit: int):
-        batch, seq = mask.shape[0], mask.shape[-1]
+    def __init__(self, model: nn.Cell, mask: PromptMask, positions: np.ndarray, capacity: int, limit: int,
+                 bucketed: bool):
+        batch, seq = mask.shape
         self.model = model
         self.capacity = capacity  # cache slots allocated
         self.limit = limit        # tokens this run may hold (max_length)
+        self.bucketed = bucketed  # compiled: steps read a bucketed prefix of the cache (else the slots in use)
         self.length = seq
         # Decode rows see what the last prompt row saw plus every generated token; unwritten slots stay masked.
         self.key_mask = np.ones((batch, capacity), dtype=bool)
-        self.key_mask[:, :seq] = mask[:, 0, -1, :]
+        self.key_mask[:, :seq] = mask.last_row()
         self.last_position = positions[..., -1:].copy()
 
     def advance(self, tokens: np.ndarray) -> StepInputs:
-        """The inputs that append one token per row at the next cache slot."""
+        """The inputs that append one token per row at the next cache slot, reading only the slots in use."""
         if self.length >= self.limit:
             raise GenerationError(f"KV cache full ({self.limit} tokens)")
         slot = self.length
         self.key_mask[:, slot] = False
         self.last_position = self.model.next_position_ids(self.last_position)
         self.length += 1
-        return StepInputs(np.asarray(tokens)[:, None], self.last_position, self.key_mask[:, None, None, :],
+        width = kv_bucket(self.length, self.capacity) if self.bucketed else self.length
+        return StepInputs(np.asarray(tokens)[:, None], self.last_position, self.key_mask[:, None, None, :width],
                           np.array([slot]))
 
     def reorder(self, index: np.ndarray) -> None:
@@ -284,27 +343,36 @@ class DecodeState:
 class Decoder:
     """Prefill, then one token per row and step, on the model's static KV cache: eager Cells or compiled graphs.
 
-    `prefill(choice)` and `step(tokens, choice)` return float32 logits [b, vocab] of the last position when
-    `choice` is None; with a TokenChoice (compiled only) the token ids [b] the graph chose.
+    A prompt longer than `chunk` tokens is prefilled in pieces (`prefill_pieces`), each attending to the cache
+    written so far plus itself, so memory grows with chunk × context rather than prompt × context. `prefill(choice)` and
+    `step(tokens, choice)` return float32 logits [b, vocab] of the last position when `choice` is None; with a
+    TokenChoice (compiled only) the token ids [b] the graph chose.
     """
 
-    def __init__(self, model: nn.Cell, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, max_length: int,
-                 compiled: bool):
+    def __init__(self, model: nn.Cell, ids: np.ndarray, mask: PromptMask, positions: np.ndarray, max_length: int,
+                 compiled: bool, chunk: int = PREFILL_CHUNK):
+        seq = ids.shape[1]
+        limit = model.max_positions
+        if limit is not None and max_length > limit:
+            raise GenerationError(f"max_length {max_length} is beyond this model's seq_length {limit} (the positions "
+                                  f"it has); the prompt holds {seq} tokens")
         self.model = model
         self.runner = runner_for(model) if compiled else None
-        capacity = bucket(max(max_length, bucket(ids.shape[1])), smallest=64) if compiled else max_length
+        capacity = bucket(max(max_length, bucket(seq)), smallest=64) if compiled else max_length
+        self.pieces = prefill_pieces(ids, mask, positions, capacity, compiled, chunk)
         model.allocate_cache(ids.shape[0], capacity)
-        self.prompt = (bucketed_prompt if compiled else exact_prompt)(ids, mask, positions, capacity)
-        self.state = DecodeState(model, mask, positions, capacity, max_length)
+        self.state = DecodeState(model, mask, positions, capacity, max_length, bucketed=compiled)
 
-    def _run(self, inputs: StepInputs, choice: TokenChoice | None) -> np.ndarray:
-        if self.runner is not None:
+    def _run(self, inputs: StepInputs, choice: TokenChoice | None, compiled: bool = True) -> np.ndarray:
+        if self.runner is not None and compiled:
             return self.runner.run(inputs, choice)
         return self.model.forward_step(*inputs.tensors(), last_only=True).asnumpy()[:, -1]
 
     def prefill(self, choice: TokenChoice | None = None) -> np.ndarray:
         """Logits [b, vocab] at the last prompt position, or the first chosen tokens [b]."""
-        return self._run(self.prompt, choice)
+        for piece in self.pieces[:-1]:
+            self._run(piece.inputs, None, piece.compiled)  # fills the cache; only the last piece's output is needed
+        return self._run(self.pieces[-1].inputs, choice, self.pieces[-1].compiled)
 
     def step(self, tokens: np.ndarray, choice: TokenChoice | None = None) -> np.ndarray:
         """Append one token per row; logits [b, vocab] for the next one, or the next chosen tokens [b]."""

@@ -35,6 +35,9 @@ class Family:
     tokenizer: str       # tokenizer class
     tokenizer_file: str  # the sentencepiece file a tokenizer folder of this family holds
     chat: ChatDefaults
+    # How config.json's `rope_ratio` stretches the rotary (long-context variants): "positions" divides the
+    # positions (ChatGLM2-6B-32K's interpolation), "base" multiplies the rotary base (ChatGLM3-6B-32K).
+    rope_scaling: str = ""
 
     def load(self, what: str) -> Any:
         """The object a dotted-path field names: `family.load("model")`."""
@@ -52,10 +55,10 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
            "ice_text.model", ChatDefaults(max_length=2048, top_p=0.7, temperature=0.95)),
     Family("chatglm2", "ChatGLM2-6B", "glm_ms.config:ChatGLM2Config", "glm_ms.convert.names:CHATGLM2",
            "glm_ms.api:ChatGLM2ForConditionalGeneration", "glm_ms.tokenizers.chatglm2:ChatGLM2Tokenizer",
-           "tokenizer.model", ChatDefaults(max_length=8192, top_p=0.8, temperature=0.8)),
+           "tokenizer.model", ChatDefaults(max_length=8192, top_p=0.8, temperature=0.8), rope_scaling="positions"),
     Family("chatglm3", "ChatGLM3-6B", "glm_ms.config:ChatGLM2Config", "glm_ms.convert.names:CHATGLM2",
            "glm_ms.api:ChatGLM3ForConditionalGeneration", "glm_ms.tokenizers.chatglm2:ChatGLM3Tokenizer",
-           "tokenizer.model", ChatDefaults(max_length=8192, top_p=0.8, temperature=0.8)),
+           "tokenizer.model", ChatDefaults(max_length=8192, top_p=0.8, temperature=0.8), rope_scaling="base"),
 )}
 
 

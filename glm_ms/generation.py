@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .decoding import Decoder, TokenChoice, check_sampleable
+from .cells.masks import PromptMask
+from .decoding import PREFILL_CHUNK, Decoder, TokenChoice, check_sampleable
 from .device import compiled_by_default
 from .errors import GenerationError
 
@@ -160,7 +161,7 @@ class GenerationOptions:
 class GenerationPlan:
     """One run decided up front: the prompt, when to stop, and how each next token is chosen."""
     ids: np.ndarray                  # prompt int64 [b, s]
-    mask: np.ndarray                 # bool [b, 1, s, s], True = masked
+    mask: PromptMask                 # which prompt keys each prompt token is masked from
     positions: np.ndarray            # int64 [b, 2 | 1, s]
     options: GenerationOptions
     max_length: int                  # tokens per row when done, prompt included
@@ -176,7 +177,7 @@ class GenerationPlan:
               options: GenerationOptions) -> GenerationPlan:
         """The plan of `options` for `model` on these inputs (ids, mask and positions checked by the model)."""
         ids = model.check_ids(input_ids)
-        mask, positions = model.prefix_inputs(ids, attention_mask, position_ids)
+        mask, positions = model.prompt_inputs(ids, attention_mask, position_ids)
         seq = ids.shape[1]
         if options.max_new_tokens is not None:
             max_length = seq + options.max_new_tokens
@@ -240,9 +241,10 @@ def _graph_choice(options: GenerationOptions, processors: list, compiled: bool, 
 
 
 class GenerationMixin:
-    """`generate` / `stream_generate` for a model with `check_ids`, `prefix_inputs`, `forward_step` and caches."""
+    """`generate` / `stream_generate` for a model with `check_ids`, `prompt_inputs`, `forward_step` and caches."""
 
     compiled_decode = True  # default for `compiled=None`: compiled graphs; False runs the Cells eagerly
+    prefill_chunk = PREFILL_CHUNK  # longer prompts are prefilled in pieces of this many tokens
 
     def generate(self, input_ids: Any, attention_mask: Any = None, position_ids: Any = None,
                  max_length: int | None = None, max_new_tokens: int | None = None, do_sample: bool = False,
@@ -298,7 +300,7 @@ class GenerationMixin:
 def _sample_steps(model: Any, plan: GenerationPlan) -> Iterator[tuple[np.ndarray, np.ndarray | None, bool]]:
     """Greedy or sampling: (ids so far, the step's host scores or None, whether this step ends the run)."""
     ids = plan.ids
-    decoder = Decoder(model, ids, plan.mask, plan.positions, plan.max_length, plan.compiled)
+    decoder = Decoder(model, ids, plan.mask, plan.positions, plan.max_length, plan.compiled, model.prefill_chunk)
     unfinished = np.ones(ids.shape[0], dtype=bool)
     choice = plan.choice
     out = decoder.prefill(choice)
@@ -323,8 +325,8 @@ def _beam_search(model: Any, plan: GenerationPlan) -> np.ndarray:
     beams = plan.options.num_beams
     batch = plan.ids.shape[0]
     ids = np.repeat(plan.ids, beams, axis=0)
-    decoder = Decoder(model, ids, np.repeat(plan.mask, beams, axis=0), np.repeat(plan.positions, beams, axis=0),
-                      plan.max_length, plan.compiled)
+    decoder = Decoder(model, ids, plan.mask.repeat(beams), np.repeat(plan.positions, beams, axis=0),
+                      plan.max_length, plan.compiled, model.prefill_chunk)
     hyps = [BeamHypotheses(beams) for _ in range(batch)]
     done = np.zeros(batch, dtype=bool)
     beam_scores = np.zeros((batch, beams), dtype=np.float32)

@@ -8,6 +8,13 @@ the figures read as ratios rather than machine-dependent absolutes.
     python3 scripts/bench.py --layers 2
     python3 scripts/bench.py --layers 2 --quantize 4 --quantize-embeddings [--fast]   # weight-only int4
     python3 scripts/bench.py --checkpoint DIR --dtype float16 --new-tokens 4   # a real (or synthetic) model
+    python3 scripts/bench.py --family chatglm2 --layers 2 --prompt-len 32768   # long context, ChatGLM2 width
+
+With `--family chatglm2` (ChatGLM2-6B-32K's width: hidden 4096, 32 heads in 2 key/value groups, kv_channels
+128, ffn 13696, vocab 65024) it measures long context instead: a prompt of `--prompt-len` tokens and one of
+SHORT_CONTEXT tokens are each prefilled once and decoded for CONTEXT_STEPS tokens; the record holds the
+prefill time and peak resident memory of each next to the weights' and the KV cache's bytes, and the decode
+ms/token at both positions.
 """
 from __future__ import annotations
 
@@ -140,10 +147,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eager-tokens", type=int, default=6, help="eager decode steps timed for comparison")
     parser.add_argument("--checkpoint", default=None, help="load this model folder instead of random weights "
                         "(shape flags are then ignored)")
+    add_long_context_arguments(parser)
     args = parser.parse_args(argv)
     if (args.quantize_embeddings or args.fast) and not args.quantize:
         parser.error("--quantize-embeddings and --fast need --quantize 8 or 4")
     return args
+
+
+def add_long_context_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--family chatglm2` and the ChatGLM2 width it builds (--hidden, --heads and --layers are shared)."""
+    parser.add_argument("--family", choices=("chatglm-6b", "chatglm2"), default="chatglm-6b",
+                        help="chatglm2: the long-context measurement on a ChatGLM2-6B-32K-shaped model")
+    parser.add_argument("--groups", type=int, default=2, help="ChatGLM2 key/value groups (multi_query_group_num)")
+    parser.add_argument("--kv-channels", type=int, default=128, help="ChatGLM2 head size")
+    parser.add_argument("--ffn", type=int, default=13696, help="ChatGLM2 ffn_hidden_size")
+    parser.add_argument("--padded-vocab", type=int, default=65024, help="ChatGLM2 padded_vocab_size")
 
 
 def random_prompt(config, length: int, seed: int) -> np.ndarray:
@@ -162,6 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
     from glm_ms.device import default_dtype, select_device
     device = select_device(args.device)
     args.dtype = args.dtype or default_dtype()
+    if args.family == "chatglm2":
+        return long_context(args, device)
     from glm_ms.decoding import graph_compilations
     from glm_ms.device import compiled_by_default
 
@@ -224,6 +244,96 @@ def main(argv: list[str] | None = None) -> dict:
         "after_load": loaded,
         "checkpoint": args.checkpoint,
         "cpu_count": os.cpu_count(),
+    }
+    print(json.dumps(result))
+    return result
+
+
+# ----------------------------------------------------------------------------- long context (--family chatglm2)
+
+SHORT_CONTEXT = 1000  # the "position 1k" the long prompt's decode speed is compared with
+CONTEXT_STEPS = 24    # decode steps timed after each prefill; the first few (graph compiles) are left out
+WARM_STEPS = 4
+
+
+def build_chatglm2_model(args: argparse.Namespace) -> tuple:
+    """A ChatGLM2-6B-32K-shaped model (rope_ratio 16, seq_length covering the run) with small random weights."""
+    from mindspore import Tensor
+    from glm_ms import ChatGLM2Config, ChatGLM2ForConditionalGeneration
+    config = ChatGLM2Config(padded_vocab_size=args.padded_vocab, hidden_size=args.hidden, num_layers=args.layers,
+                            num_attention_heads=args.heads, kv_channels=args.kv_channels,
+                            multi_query_group_num=args.groups, ffn_hidden_size=args.ffn, rope_ratio=16,
+                            seq_length=max(32768, args.prompt_len + CONTEXT_STEPS + 1))
+    model = ChatGLM2ForConditionalGeneration(config, dtype=args.dtype)
+    rng = np.random.default_rng(args.seed)
+    for name, param in model.weight_parameters().items():
+        values = rng.standard_normal(param.shape, dtype=np.float32)
+        values *= np.float32(0.02)
+        if name.endswith("layernorm.weight"):
+            values += 1
+        param.set_data(Tensor.from_numpy(values) if param.dtype == Tensor(values[:1]).dtype
+                       else Tensor(values).astype(param.dtype))
+        del values
+    return model, config
+
+
+def reset_peak_rss() -> bool:
+    """Start a new resident-memory high-water mark (Linux: /proc/self/clear_refs); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_since_reset_gb() -> float:
+    """The resident-memory high-water mark (VmHWM) in GiB: since `reset_peak_rss`, else since the start."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    return peak_rss_gb()
+
+
+def context_run(model, config, length: int, seed: int) -> dict:
+    """Prefill a random prompt of `length` tokens once, decode CONTEXT_STEPS tokens: times and memory."""
+    rng = np.random.default_rng(seed)
+    prompt = rng.integers(20, min(config.padded_vocab_size, 64000), size=(1, length)).astype(np.int64)
+    import gc
+    gc.collect()
+    rss_before = current_rss_gb()
+    tracked = reset_peak_rss()
+    start = time.perf_counter()
+    prefill_s, steps = timed_stream(model, prompt, CONTEXT_STEPS)
+    weights = sum(p.nbytes for p in model.weight_parameters().values())
+    capacity = model.attention_layers()[0].kv_cache.key.shape[2]
+    kv = sum(a.kv_cache.key.nbytes + a.kv_cache.value.nbytes for a in model.attention_layers())
+    peak = peak_rss_since_reset_gb() if tracked else peak_rss_gb()
+    return {"prompt_len": length, "prefill_s": round(prefill_s, 2), "total_s": round(time.perf_counter() - start, 2),
+            "decode_ms_per_token": round(float(np.median(steps[WARM_STEPS:])) * 1e3, 2),
+            "cache_capacity": int(capacity), "rss_before_gb": round(rss_before, 2), "peak_rss_gb": round(peak, 2),
+            "weights_gb": round(weights / 2**30, 3), "kv_cache_gb": round(kv / 2**30, 3),
+            "peak_over_weights_and_kv_gb": round(peak - (weights + kv) / 2**30, 2),
+            "peak_tracked_per_run": tracked}
+
+
+def long_context(args: argparse.Namespace, device: str) -> dict:
+    """The --family chatglm2 measurement: position SHORT_CONTEXT, then --prompt-len; prints one JSON record."""
+    from glm_ms.decoding import PREFILL_CHUNK
+    t0 = time.perf_counter()
+    model, config = build_chatglm2_model(args)
+    build_s = time.perf_counter() - t0
+    short = context_run(model, config, SHORT_CONTEXT, args.seed)
+    long = context_run(model, config, args.prompt_len, args.seed + 1)
+    result = {
+        "family": "chatglm2",
+        "shape": {"layers": args.layers, "hidden": args.hidden, "heads": args.heads, "groups": args.groups,
+                  "kv_channels": args.kv_channels, "ffn": args.ffn, "vocab": args.padded_vocab},
+        "dtype": args.dtype, "device": device, "prefill_chunk": PREFILL_CHUNK,
+        "short": short, "long": long,
+        "decode_long_vs_short": round(long["decode_ms_per_token"] / short["decode_ms_per_token"], 3),
+        "build_s": round(build_s, 2), "cpu_count": os.cpu_count(),
     }
     print(json.dumps(result))
     return result

@@ -137,9 +137,11 @@ def test_prompts_of_three_lengths_compile_one_graph_per_bucket_plus_decode(tiny_
 
 def test_padded_prompt_keeps_eager_slots_and_masks(model, golden):
     ids = golden["fwd1_input_ids"]
-    mask, positions = model.prefix_inputs(model.check_ids(ids))
-    dec = Decoder(model, ids, mask, positions, max_length=40, compiled=True)
-    prompt = dec.prompt
+    rule, positions = model.prompt_inputs(model.check_ids(ids))
+    mask = rule.rows(0, ids.shape[1])
+    dec = Decoder(model, ids, rule, positions, max_length=40, compiled=True)
+    assert len(dec.pieces) == 1 and dec.pieces[0].compiled
+    prompt = dec.pieces[0].inputs
     seq, width, cap = ids.shape[1], prompt.ids.shape[1], dec.state.capacity
     assert (width, cap) == (16, 64)
     pad = width - seq
@@ -153,7 +155,7 @@ def test_padded_prompt_keeps_eager_slots_and_masks(model, golden):
 @pytest.mark.parametrize("compiled", [True, False])
 def test_both_paths_share_the_cache_bookkeeping_and_refuse_a_full_cache(model, golden, compiled):
     ids = golden["fwd0_input_ids"]
-    mask, positions = model.prefix_inputs(model.check_ids(ids))
+    mask, positions = model.prompt_inputs(model.check_ids(ids))
     seq = ids.shape[1]
     dec = Decoder(model, ids, mask, positions, max_length=seq + 2, compiled=compiled)
     logits = dec.prefill()

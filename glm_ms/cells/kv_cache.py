@@ -64,6 +64,8 @@ class KVCache(nn.Cell):
         slot_idx = ops.tile(positions.astype(ms.int32).reshape(1, 1, s, 1), (b, h, 1, 1))
         index = ops.concat([batch_idx, head_idx, slot_idx], -1)
         # Views from split/transpose must be materialized before a scatter reads them as flat memory.
-        ops.scatter_nd_update(self.key, index, key.astype(self.key.dtype).contiguous())
-        ops.scatter_nd_update(self.value, index, value.astype(self.value.dtype).contiguous())
-        return self.key, self.value
+        # The scatters' outputs (the updated buffers) are returned, not the Parameters: a compiled graph orders
+        # a later slice of them after the write only through that data dependency.
+        keys = ops.scatter_nd_update(self.key, index, key.astype(self.key.dtype).contiguous())
+        values = ops.scatter_nd_update(self.value, index, value.astype(self.value.dtype).contiguous())
+        return keys, values

@@ -1,8 +1,8 @@
 """What every family's causal LM shares: dtypes, input-id checks, static caches, weight loading, from_folder.
 
 A family subclass sets `config_class` (and `tied_weights` if it ties matrices), builds its `transformer` and
-provides `forward_step`, `construct`, `prefix_inputs`, `next_position_ids`, `attention_layers` and
-`position_tables` (the rotary Cell whose tables grow with the cache).
+provides `forward_step`, `construct`, `prompt_inputs`, `next_position_ids`, `attention_layers` and
+`position_tables` (the rotary Cell whose tables grow with the cache), and `max_positions` if it has a limit.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn
 
+from ..cells.masks import PromptMask
 from ..convert.names import NameTable, Quantization, requested_quantization
 from ..device import default_dtype, select_device
 from ..errors import ConfigError, GenerationError, UnknownTensorError, WeightError
@@ -57,6 +58,7 @@ class CausalLM(nn.Cell):
 
     config_class: type = object
     tied_weights: dict[str, str] = {}  # parameter name in checkpoints → the parameter that holds its matrix
+    max_positions: int | None = None   # tokens a sequence may hold (None: rotary tables grow without a limit)
 
     def __init__(self, config: Any, dtype: str | ms.Type | None = None):
         super().__init__()
@@ -77,6 +79,11 @@ class CausalLM(nn.Cell):
         """The rotary Cell whose `ensure(n)` grows its tables to n positions."""
         raise NotImplementedError
 
+    def prompt_inputs(self, ids: np.ndarray, attention_mask: Any = None,
+                      position_ids: Any = None) -> tuple[PromptMask, np.ndarray]:
+        """A prompt's mask (rows made on demand) and positions [b, 1 | 2, s]: given ones checked, else built."""
+        raise NotImplementedError
+
     # ----- inputs
     def check_ids(self, input_ids: Any) -> np.ndarray:
         """Token ids (numpy, list of lists or Tensor) → int64 [batch, seq]; ids outside the vocabulary raise."""
@@ -90,6 +97,12 @@ class CausalLM(nn.Cell):
         if bad.size:
             raise GenerationError(f"token id {int(bad[0])} is outside the vocabulary [0, {self.config.vocab_size})")
         return ids.astype(np.int64)
+
+    def prefix_inputs(self, ids: np.ndarray, attention_mask: Any = None,
+                      position_ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """A prompt's whole mask (bool [b, 1, s, s], True = masked) and positions, as upstream builds them."""
+        mask, positions = self.prompt_inputs(ids, attention_mask, position_ids)
+        return mask.rows(0, ids.shape[1]), positions
 
     # ----- static caches
     def allocate_cache(self, batch: int, capacity: int) -> None:

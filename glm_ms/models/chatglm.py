@@ -15,6 +15,7 @@ from mindspore import Tensor, nn, ops
 from ..cells.attention import scaled_masked_attention
 from ..cells.kv_cache import KVCache
 from ..cells.layers import Embedding, LayerNorm, Linear
+from ..cells.masks import PromptMask
 from ..config import ChatGLMConfig
 from ..errors import GenerationError
 from ..positions import position_ids_2d, prefix_lm_mask
@@ -83,7 +84,8 @@ class SelfAttention(nn.Cell):
         self.kv_cache = KVCache(self.num_heads, self.head_dim, dtype=dtype)
 
     def construct(self, x, cos, sin, mask, cache_positions):
-        """x [b, s, hidden] → [b, s, hidden]; keys/values of x are written at `cache_positions`."""
+        """x [b, s, hidden] → [b, s, hidden]; keys/values of x written at `cache_positions`, then cache slots
+        [0, L) read under mask [b, 1, s, L] (True = masked)."""
         b, s, _ = x.shape
         # The fused output is laid out per head: [heads, (q | k | v) of head_dim each], not three thirds.
         qkv = self.query_key_value(x).reshape(b, s, self.num_heads, 3 * self.head_dim)
@@ -91,6 +93,8 @@ class SelfAttention(nn.Cell):
         q = apply_rotary(q, cos, sin) * self.query_scale
         k = apply_rotary(k, cos, sin)
         keys, values = self.kv_cache(k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), cache_positions)
+        width = mask.shape[-1]  # only the cache slots the mask covers are read
+        keys, values = keys[:, :, :width], values[:, :, :width]
         context = scaled_masked_attention(q.transpose(0, 2, 1, 3), keys, values, mask, self.layer_scale)
         return self.dense(context.transpose(0, 2, 1, 3).reshape(b, s, self.num_heads * self.head_dim))
 
@@ -208,9 +212,10 @@ class ChatGLMCausalLM(CausalLM):
                                           output_hidden_states)
         return CausalLMOutput(logits=self.lm_head(hidden).astype(ms.float32), hidden_states=states)
 
-    def prefix_inputs(self, ids: np.ndarray, attention_mask: Any = None,
-                      position_ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """Mask [b, 1, s, s] (True = masked) and 2D positions [b, 2, s]: given ones checked, else built per row."""
+    def prompt_inputs(self, ids: np.ndarray, attention_mask: Any = None,
+                      position_ids: Any = None) -> tuple[PromptMask, np.ndarray]:
+        """Mask (bool [b, 1, s, s], True = masked) and 2D positions [b, 2, s]: given ones checked, else built per
+        row. The context sees itself both ways (prefix LM), so the mask is dense."""
         c = self.config
         batch, seq = ids.shape
         if attention_mask is None:
@@ -227,7 +232,7 @@ class ChatGLMCausalLM(CausalLM):
                                   f"{list(positions.shape)}")
         if (positions < 0).any():
             raise GenerationError("position_ids must be >= 0")
-        return mask, positions.astype(np.int64)
+        return PromptMask.given(mask), positions.astype(np.int64)
 
     def next_position_ids(self, last: np.ndarray) -> np.ndarray:
         """Positions [b, 2, 1] of the next generated token given the previous token's."""

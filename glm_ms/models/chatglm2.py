@@ -17,6 +17,7 @@ from mindspore import Tensor, nn, ops
 from ..cells.attention import scaled_masked_attention
 from ..cells.kv_cache import KVCache
 from ..cells.layers import Embedding, LayerNorm, Linear, RMSNorm
+from ..cells.masks import PromptMask
 from ..config import ChatGLM2Config
 from ..errors import GenerationError
 from .base import CausalLM, CausalLMOutput, host_array
@@ -24,34 +25,40 @@ from .base import CausalLM, CausalLMOutput, host_array
 # ----------------------------------------------------------------------------- pair rotary
 
 
-def pair_rotary_tables(rotary_dim: int, num_positions: int,
-                       base: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin [num_positions, rotary_dim // 2] (float32): pair i at position p turns by p * base^(-2i/rotary_dim).
+def pair_rotary_tables(rotary_dim: int, num_positions: int, base: float = 10000.0,
+                       position_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin [num_positions, rotary_dim // 2] (float32): pair i at position p turns by
+    (p / position_scale) * base^(-2i/rotary_dim).
 
-    Computed the way upstream does it in float32 (theta and position × theta rounded to float32); the
-    `rotary_pos_emb.inv_freq` buffer of checkpoints is not used, as upstream recomputes it too.
+    Computed the way upstream does it in float32 (theta, p / position_scale and their product rounded to
+    float32); the `rotary_pos_emb.inv_freq` buffer of checkpoints is not used, as upstream recomputes it too.
     """
     theta = (1.0 / (np.float32(base) ** (np.arange(0, rotary_dim, 2, dtype=np.float32) / np.float32(rotary_dim))))
     theta = theta.astype(np.float32)
-    angles = np.outer(np.arange(num_positions, dtype=np.float32), theta).astype(np.float32)
+    positions = np.arange(num_positions, dtype=np.float32) / np.float32(position_scale)
+    angles = np.outer(positions, theta).astype(np.float32)
     return (np.cos(angles.astype(np.float64)).astype(np.float32),
             np.sin(angles.astype(np.float64)).astype(np.float32))
 
 
 class PairRotaryEmbedding(nn.Cell):
-    """Looks up cos/sin for position ids; the tables grow on demand (upstream sizes them by seq_length)."""
+    """Looks up cos/sin for position ids; the tables grow on demand (upstream sizes them by seq_length).
 
-    def __init__(self, rotary_dim: int, num_positions: int, base: float = 10000.0):
+    `base` and `position_scale` carry the config's `rope_ratio` rule (see ChatGLM2Config.rope_scaling).
+    """
+
+    def __init__(self, rotary_dim: int, num_positions: int, base: float = 10000.0, position_scale: float = 1.0):
         super().__init__()
         self.rotary_dim = rotary_dim
         self.base = base
+        self.position_scale = position_scale
         self.num_positions = 0
         self.ensure(num_positions)
 
     def ensure(self, num_positions: int) -> None:
         """Grow the tables to cover positions [0, num_positions)."""
         if num_positions > self.num_positions:
-            cos, sin = pair_rotary_tables(self.rotary_dim, num_positions, self.base)
+            cos, sin = pair_rotary_tables(self.rotary_dim, num_positions, self.base, self.position_scale)
             self.cos, self.sin = Tensor(cos), Tensor(sin)
             self.num_positions = num_positions
 
@@ -100,7 +107,8 @@ class MultiQueryAttention(nn.Cell):
         self.kv_cache = KVCache(self.num_kv_heads, self.head_dim, dtype=dtype)
 
     def construct(self, x, cos, sin, mask, cache_positions):
-        """x [b, s, hidden] → [b, s, hidden]; mask [b, 1, s, L] (True = masked); keys written at `cache_positions`."""
+        """x [b, s, hidden] → [b, s, hidden]; keys written at `cache_positions`, then cache slots [0, L) read
+        under mask [b, 1, s, L] (True = masked)."""
         b, s, _ = x.shape
         h, g, d = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.query_key_value(x)
@@ -112,12 +120,12 @@ class MultiQueryAttention(nn.Cell):
         q = apply_pair_rotary(q, cos, sin) * self.query_scale
         k = apply_pair_rotary(k, cos, sin)
         keys, values = self.kv_cache(k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), cache_positions)
+        # Only the cache slots the mask covers are read: those in use (a bucketed prefix when compiled).
+        width = mask.shape[-1]
+        keys, values = keys[:, :, :width], values[:, :, :width]
         # Head j reads key/value group j // (h / g). Rather than copying each group h/g times, fold the heads
         # of a group into the query rows: q [b, g, (h/g)·s, d] against the cache's [b, g, L, d] as it is.
-        r = h // g
-        q = q.transpose(0, 2, 1, 3).reshape(b, g, r * s, d)
-        if r > 1:
-            mask = ops.tile(mask, (1, 1, r, 1))  # [b, 1, r·s, L], rows in the same (head, position) order as q
+        q = q.transpose(0, 2, 1, 3).reshape(b, g, (h // g) * s, d)
         context = scaled_masked_attention(q, keys, values, mask, self.layer_scale)
         context = context.reshape(b, h, s, d).transpose(0, 2, 1, 3).reshape(b, s, h * d)
         return self.dense(context)
@@ -208,7 +216,8 @@ class ChatGLM2Model(nn.Cell):
     def __init__(self, config: ChatGLM2Config, dtype: ms.Type = ms.float32):
         super().__init__()
         self.embedding = GLM2Embedding(config, dtype=dtype)
-        self.rotary_pos_emb = PairRotaryEmbedding(config.rotary_dim, config.seq_length, base=config.rotary_base)
+        self.rotary_pos_emb = PairRotaryEmbedding(config.rotary_dim, config.seq_length, base=config.rotary_base,
+                                                  position_scale=config.rotary_position_scale)
         self.encoder = GLM2Encoder(config, dtype=dtype)
         self.output_layer = Linear(config.hidden_size, config.padded_vocab_size, bias=False, dtype=dtype)
 
@@ -228,19 +237,6 @@ class ChatGLM2Output(CausalLMOutput):
     """
     last_hidden_state: Tensor = None
     past_key_values: tuple = ()
-
-
-def padding_attention_mask(padding_mask: Any) -> np.ndarray:
-    """Upstream's `get_masks` for a prompt: bool [b, 1, s, s], True = masked, from a 0/1 padding mask [b, s].
-
-    Causal, pad columns masked, and (upstream quirk) pad *rows* masked nowhere, so pads attend to everything;
-    their outputs are never used, but they are part of the logits upstream returns.
-    """
-    keep = np.asarray(padding_mask).astype(bool)
-    seq = keep.shape[1]
-    allowed = np.tril(np.ones((seq, seq), dtype=bool))[None] & keep[:, None, :]
-    allowed |= ~keep[:, :, None]
-    return ~allowed[:, None]
 
 
 class ChatGLM2CausalLM(CausalLM):
@@ -285,22 +281,28 @@ class ChatGLM2CausalLM(CausalLM):
         return ChatGLM2Output(logits=self.transformer.output_layer(hidden).astype(ms.float32), hidden_states=states,
                               last_hidden_state=hidden, past_key_values=caches)
 
-    def prefix_inputs(self, ids: np.ndarray, attention_mask: Any = None,
-                      position_ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """Mask [b, 1, s, s] (True = masked) and positions [b, 1, s], from what the tokenizer returns or built.
+    @property
+    def max_positions(self) -> int:
+        """`seq_length`: upstream's rotary table has that many rows, so no token may sit past it."""
+        return self.config.seq_length
 
-        attention_mask: None (nothing padded), the tokenizer's 0/1 padding mask [b, s], or a bool [b, 1, s, s]
-        mask used as given. position_ids: None (0…s−1 in every row, as upstream), [b, s] or [b, 1, s].
+    def prompt_inputs(self, ids: np.ndarray, attention_mask: Any = None,
+                      position_ids: Any = None) -> tuple[PromptMask, np.ndarray]:
+        """The prompt's mask (rows on demand) and positions [b, 1, s], from what the tokenizer returns or built.
+
+        attention_mask: None (nothing padded), the tokenizer's 0/1 padding mask [b, s] (upstream's causal
+        `get_masks`), or a bool mask [b, 1, s, s] used as given. position_ids: None (0…s−1 in every row, as
+        upstream), [b, s] or [b, 1, s].
         """
         batch, seq = ids.shape
         if attention_mask is None:
-            mask = padding_attention_mask(np.ones((batch, seq), dtype=bool))
+            mask = PromptMask.causal(np.ones((batch, seq), dtype=bool))
         else:
             attention_mask = host_array(attention_mask)
             if attention_mask.shape == (batch, seq):
-                mask = padding_attention_mask(attention_mask)
+                mask = PromptMask.causal(attention_mask)
             elif attention_mask.shape == (batch, 1, seq, seq) and attention_mask.dtype == np.bool_:
-                mask = attention_mask
+                mask = PromptMask.given(attention_mask)
             else:
                 raise GenerationError(f"attention_mask must be a 0/1 padding mask [{batch}, {seq}] or a bool mask "
                                       f"[{batch}, 1, {seq}, {seq}] (True = masked), got {attention_mask.dtype} "
