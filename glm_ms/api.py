@@ -28,14 +28,18 @@ class _FromPretrained:
     def from_pretrained(cls, path_or_id: str | os.PathLike, dtype: str | None = None, mirror: str | None = None,
                         revision: str = "master", cache_dir: str | os.PathLike | None = None,
                         endpoint: str | None = None, family: str | None = None, adapter: str | os.PathLike | None = None,
-                        adapter_revision: str = "master", **unexpected):
+                        adapter_revision: str = "master", quantize: int | None = None,
+                        quantize_embeddings: bool = False, fast: bool = False, **unexpected):
         """Load a glm-ms-convert folder, a MindNLP MindSpore-checkpoint folder, an upstream folder (torch or
         safetensors shards, read in place) or a model id with `mirror="modelscope"` (downloaded and converted
         once into the cache; later calls make no request). `cache_dir` defaults to $GLM_MS_CACHE, else
         ~/.cache/glm_ms; `endpoint` to $MODELSCOPE_ENDPOINT, else https://modelscope.cn.
 
         `adapter`: a fine-tuning of that base — a peft LoRA folder (merged into the weights) or a P-tuning v2
-        checkpoint (its prefix), local or a model id fetched from the same mirror at `adapter_revision`."""
+        checkpoint (its prefix), local or a model id fetched from the same mirror at `adapter_revision`.
+        `quantize` 8 or 4 quantizes the weights to int8/int4 as they are read (upstream's int checkpoints load
+        quantized without it); `quantize_embeddings` also the embeddings and output layer; `fast` computes
+        with the CPU kernels' integer dot products (see README, Quantization); a LoRA is merged first."""
         if unexpected:  # upstream habits such as trust_remote_code=True: there is no remote code to trust
             raise TypeError(f"unexpected arguments: {', '.join(sorted(unexpected))}")
         if adapter is not None:  # first: a bad adapter fails before the base is downloaded or built
@@ -46,7 +50,9 @@ class _FromPretrained:
                               f"adapter={str(path_or_id)!r}")
         weights = resolve_model(path_or_id, mirror=mirror, revision=revision, cache_dir=cache_dir, endpoint=endpoint)
         found = detect(weights.path, family=family or cls.family)
-        return found.family.load("model").from_folder(weights, dtype=dtype, config=found.config, adapter=adapter)
+        return found.family.load("model").from_folder(weights, dtype=dtype, config=found.config, adapter=adapter,
+                                                      quantize=quantize, quantize_embeddings=quantize_embeddings,
+                                                      fast=fast)
 
 
 class ChatGLMForConditionalGeneration(_FromPretrained, ChatGLMChat, GenerationMixin, ChatGLMCausalLM):

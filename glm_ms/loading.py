@@ -27,17 +27,21 @@ def is_demo(model) -> bool:
 
 
 def load_model(model, mirror: str | None = None, dtype: str | None = None, revision: str | None = None,
-               cache_dir=None, adapter=None) -> tuple:
+               cache_dir=None, adapter=None, quantize: int | None = None, quantize_embeddings: bool = False,
+               fast: bool = False) -> tuple:
     """Load (model, tokenizer) from a local folder, a model id (with `mirror`) or `demo`.
 
-    The mirror keywords are passed on only when given, so a local folder loads without any hub code. `adapter`:
-    a LoRA or P-tuning v2 folder (or model id, from the same mirror) applied to it.
+    The mirror, adapter and quantization keywords are passed on only when given, so a local folder loads without
+    any hub code. `adapter`: a LoRA or P-tuning v2 folder (or model id, from the same mirror) applied to it;
+    `quantize` (8 or 4), `quantize_embeddings`, `fast`: see `AutoModel.from_pretrained`.
     """
     from .api import AutoModel, AutoTokenizer
     source = str(DEMO_MODEL_DIR) if is_demo(model) else os.fspath(model)
     hub = {key: value for key, value in (("mirror", mirror), ("revision", revision), ("cache_dir", cache_dir))
            if value is not None}
-    lm = AutoModel.from_pretrained(source, dtype=dtype, **hub, **({"adapter": adapter} if adapter else {}))
+    extras = {key: value for key, value in (("adapter", adapter), ("quantize", quantize),
+              ("quantize_embeddings", quantize_embeddings), ("fast", fast)) if value}
+    lm = AutoModel.from_pretrained(source, dtype=dtype, **hub, **extras)
     lm.set_train(False)
     tokenizer = AutoTokenizer.from_pretrained(source, **hub)
     return lm, tokenizer
@@ -66,7 +70,26 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                        help="MindSpore device (default: $GLM_MS_DEVICE, else Ascend when present, else CPU)")
     group.add_argument("--device-id", type=int, default=None, metavar="N",
                        help="which NPU on Ascend (default: $DEVICE_ID, else 0)")
+    add_quantization_arguments(parser)
     return parser
+
+
+def add_quantization_arguments(parser: argparse.ArgumentParser) -> None:
+    """--quantize, --quantize-embeddings and --fast (weight-only int8/int4; README, Quantization)."""
+    group = parser.add_argument_group(
+        "quantization", "weight-only int8/int4 (README: Quantization): the weights of a 6B model take about half "
+        "(int8) or a third (int4) of float16's memory; upstream's -int8/-int4 checkpoints load quantized without "
+        "these flags")
+    group.add_argument("--quantize", type=int, choices=(8, 4), default=None,
+                       help="quantize the attention and MLP weights to int8 or int4 while loading, with the "
+                            "arithmetic of upstream's published int checkpoints (default: as stored)")
+    group.add_argument("--quantize-embeddings", action="store_true",
+                       help="also quantize the word embeddings and output layer (needs --quantize or an int "
+                            "checkpoint)")
+    group.add_argument("--fast", action="store_true",
+                       help="CPU: integer dot products on activations rounded to int16 per row (columns with "
+                            "outliers stay float32): faster, with results slightly off upstream's exact float32 "
+                            "arithmetic (needs --quantize or an int checkpoint)")
 
 
 def load_from_args(args: argparse.Namespace) -> tuple:
@@ -76,7 +99,8 @@ def load_from_args(args: argparse.Namespace) -> tuple:
         from .device import select_device
         select_device(args.device, device_id)
     return load_model(args.model, mirror=args.mirror, dtype=args.dtype, revision=args.revision,
-                      cache_dir=args.cache_dir, adapter=args.adapter)
+                      cache_dir=args.cache_dir, adapter=args.adapter, quantize=args.quantize,
+                      quantize_embeddings=args.quantize_embeddings, fast=args.fast)
 
 
 def response_text(response: str | dict) -> str:

@@ -8,7 +8,7 @@ command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
-        || echo "warning: could not install ${missing[*]}; kernel tests fall back, the browser test is skipped" >&2
+        || echo "warning: could not install ${missing[*]}; without g++ the kernel tests fail; without chromium the browser test is skipped" >&2
 fi
 python3 -m pip install -q -e ".[app,serve,ray,test]"
 python3 -m pytest -q "$@"

@@ -84,7 +84,8 @@ def quantize_rows(weight: np.ndarray, bits: int) -> QuantizedWeight:
     weight = _rows(np.asarray(weight), check_bits(bits))
     qmax = np.float16(2 ** (bits - 1) - 1)
     n, k = weight.shape
-    ints = np.empty((n, k), dtype=np.int8)
+    # Integers are packed pass by pass: no [N, K] int8 copy of a large int4 matrix (the 1 GB embedding table).
+    ints = np.empty((n, packed_columns(k, bits)), dtype=np.int8)
     scale = np.empty(n, dtype=np.float16)
     for start in range(0, n, ROWS_PER_PASS):
         rows = weight[start:start + ROWS_PER_PASS]
@@ -95,9 +96,10 @@ def quantize_rows(weight: np.ndarray, bits: int) -> QuantizedWeight:
         with np.errstate(divide="ignore", invalid="ignore"):
             quotient = (rows / row_scale[:, None]).astype(np.float16)
         quotient[row_scale == 0] = 0
-        ints[start:start + len(rows)] = np.rint(quotient).astype(np.int8)  # rint: half to even, as torch.round
+        values = np.rint(quotient).astype(np.int8)  # rint: half to even, as torch.round
+        ints[start:start + len(rows)] = pack_int4(values) if bits == 4 else values
         scale[start:start + len(rows)] = row_scale
-    return QuantizedWeight(pack_int4(ints) if bits == 4 else ints, scale)
+    return QuantizedWeight(ints, scale)
 
 
 def dequantize_rows(weight: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:

@@ -216,6 +216,9 @@ class CausalLM(nn.Cell):
 
     def _prepare_quantized(self, quantization: Quantization | None, fast: bool) -> None:
         # Before loading: empty quantized cells, filled from int8 tensors or quantized from float ones as read.
+        if fast and quantization is None:
+            raise QuantizationError("fast mode needs quantize=8 or 4 (or an int8/int4 checkpoint): it is a way of "
+                                    "computing with quantized weights")
         if quantization is not None:
             quantize_layers(self, self.name_table(), quantization, fast=fast)
             self.quantization = quantization

@@ -1,0 +1,53 @@
+"""scripts/bench.py on a small shape: the JSON record names what ran, and the bound streams the stored bytes."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--layers", "1", "--hidden", "64", "--heads", "4", "--inner", "128", "--vocab", "512", "--prompt-len", "6",
+         "--new-tokens", "20", "--warmup-tokens", "2", "--eager-tokens", "1"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stored_bytes(hidden, inner, vocab, layers, bits, embeddings):
+    """Bytes of every 2-D weight as stored: quantized layers int8 (int4 two per byte), the others float32."""
+    per = {8: 1.0, 4: 0.5, None: 4.0}
+    linears = layers * (hidden * 3 * hidden + hidden * hidden + 2 * hidden * inner)
+    table = 2 * vocab * hidden  # word_embeddings and lm_head (tied: one Parameter, counted once per read)
+    table_bytes = per[bits if embeddings else None] * table / 2
+    return int(per[bits] * linears + table_bytes)
+
+
+@pytest.mark.parametrize("bits, embeddings, fast", [(4, True, True), (8, False, False)])
+def test_quantized_record(bench, capsys, bits, embeddings, fast):
+    flags = SMALL + ["--quantize", str(bits)] + (["--quantize-embeddings"] if embeddings else []) \
+        + (["--fast"] if fast else [])
+    record = bench.main(flags)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == json.loads(json.dumps(record))
+    assert (record["quantize"], record["quantize_embeddings"], record["fast"]) == (bits, embeddings, fast)
+    assert record["dtype"] == "float32" and record["decode_path"] == "compiled"
+    assert record["compiles_second"] == 0 and record["new_tokens"] == 20
+    assert record["weight_bytes_per_token"] == stored_bytes(64, 128, 512, 1, bits, embeddings)
+    assert record["bandwidth_bound_ms_per_token"] > 0 and record["decode_ms_per_token"] > 0
+
+
+def test_float16_record(bench, capsys):
+    record = bench.main(SMALL + ["--dtype", "float16"])
+    assert record["dtype"] == "float16" and record["quantize"] is None
+    assert record["decode_path"] == "compiled"  # through the float16 kernel, no float32 copy of any weight
+    assert record["weight_bytes_per_token"] == stored_bytes(64, 128, 512, 1, None, False) // 2
+
+
+@pytest.mark.parametrize("flags", [["--fast"], ["--quantize-embeddings"], ["--quantize", "3"]])
+def test_quantization_flags_are_checked(bench, flags):
+    with pytest.raises(SystemExit):
+        bench.parse_args(flags)
