@@ -142,8 +142,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fast", action="store_true", help="with --quantize: the kernels' fast (integer) mode")
     parser.add_argument("--device", default=None, help="CPU or Ascend (default: Ascend when present)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--warmup-tokens", type=int, default=4,
-                        help="the first generate (compiles) is stopped after this many tokens; 0 = full length")
+    parser.add_argument("--warmup-tokens", type=int, default=0,
+                        help="stop the first generate (it compiles) after this many tokens; 0 (default): run it "
+                             "full length, so every cache-prefix width's decode graph is compiled before timing")
     parser.add_argument("--eager-tokens", type=int, default=6, help="eager decode steps timed for comparison")
     parser.add_argument("--checkpoint", default=None, help="load this model folder instead of random weights "
                         "(shape flags are then ignored)")
