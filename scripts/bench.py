@@ -39,7 +39,6 @@ def peak_rss_gb() -> float:
 
 def build_model(args: argparse.Namespace) -> tuple:
     """A ChatGLM-6B-architecture model of the requested shape with small random weights."""
-    from mindspore import Tensor
     from glm_ms import ChatGLMConfig, ChatGLMForConditionalGeneration
     vocab = args.vocab
     if vocab >= 130528:  # the real special ids
@@ -51,8 +50,17 @@ def build_model(args: argparse.Namespace) -> tuple:
                            num_attention_heads=args.heads, inner_hidden_size=args.inner, pad_token_id=3,
                            max_sequence_length=max(2048, args.prompt_len + args.new_tokens + 1), **special)
     model = ChatGLMForConditionalGeneration(config, dtype=args.dtype)
+    fill_random(model, args.seed)
+    if args.quantize:
+        model.quantize(args.quantize, embeddings=args.quantize_embeddings, fast=args.fast)
+    return model, config
+
+
+def fill_random(model, seed: int) -> None:
+    """Small random weights (norm weights around 1), filled one tensor at a time."""
     import mindspore as ms
-    rng = np.random.default_rng(args.seed)
+    from mindspore import Tensor
+    rng = np.random.default_rng(seed)
     for name, param in model.weight_parameters().items():
         values = rng.standard_normal(param.shape, dtype=np.float32)
         values *= np.float32(0.02)
@@ -62,9 +70,6 @@ def build_model(args: argparse.Namespace) -> tuple:
         data = Tensor.from_numpy(values) if param.dtype == ms.float32 else Tensor(values).astype(param.dtype)
         param.set_data(data)
         del values, data
-    if args.quantize:
-        model.quantize(args.quantize, embeddings=args.quantize_embeddings, fast=args.fast)
-    return model, config
 
 
 def current_rss_gb() -> float | None:
@@ -259,22 +264,13 @@ WARM_STEPS = 4
 
 def build_chatglm2_model(args: argparse.Namespace) -> tuple:
     """A ChatGLM2-6B-32K-shaped model (rope_ratio 16, seq_length covering the run) with small random weights."""
-    from mindspore import Tensor
     from glm_ms import ChatGLM2Config, ChatGLM2ForConditionalGeneration
     config = ChatGLM2Config(padded_vocab_size=args.padded_vocab, hidden_size=args.hidden, num_layers=args.layers,
                             num_attention_heads=args.heads, kv_channels=args.kv_channels,
                             multi_query_group_num=args.groups, ffn_hidden_size=args.ffn, rope_ratio=16,
                             seq_length=max(32768, args.prompt_len + CONTEXT_STEPS + 1))
     model = ChatGLM2ForConditionalGeneration(config, dtype=args.dtype)
-    rng = np.random.default_rng(args.seed)
-    for name, param in model.weight_parameters().items():
-        values = rng.standard_normal(param.shape, dtype=np.float32)
-        values *= np.float32(0.02)
-        if name.endswith("layernorm.weight"):
-            values += 1
-        param.set_data(Tensor.from_numpy(values) if param.dtype == Tensor(values[:1]).dtype
-                       else Tensor(values).astype(param.dtype))
-        del values
+    fill_random(model, args.seed)
     return model, config
 
 

@@ -51,3 +51,17 @@ def test_float16_record(bench, capsys):
 def test_quantization_flags_are_checked(bench, flags):
     with pytest.raises(SystemExit):
         bench.parse_args(flags)
+
+
+def test_long_context_record(bench, capsys):
+    prompt = bench.SHORT_CONTEXT + 100
+    record = bench.main(["--family", "chatglm2", "--layers", "1", "--hidden", "64", "--heads", "4", "--groups", "2",
+                         "--kv-channels", "16", "--ffn", "128", "--padded-vocab", "256", "--prompt-len", str(prompt)])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == json.loads(json.dumps(record))
+    short, long = record["short"], record["long"]
+    assert (short["prompt_len"], long["prompt_len"]) == (bench.SHORT_CONTEXT, prompt)
+    assert short["cache_capacity"] >= bench.SHORT_CONTEXT + bench.CONTEXT_STEPS
+    assert long["cache_capacity"] >= prompt + bench.CONTEXT_STEPS
+    kv_per_token = 2 * 1 * 2 * 16 * 4  # keys and values, 1 layer, 2 groups of 16, float32
+    assert long["kv_cache_gb"] == round(long["cache_capacity"] * kv_per_token / 2**30, 3)
+    assert record["decode_long_vs_short"] == round(long["decode_ms_per_token"] / short["decode_ms_per_token"], 3)
