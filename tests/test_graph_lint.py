@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mindspore
 import pytest
 
 from tests.lint.allowlist_910a import ALLOWED
@@ -24,6 +25,8 @@ OPS_PER_LAYER = {"chatglm-6b": 59, "chatglm2": 92, "chatglm3": 92}
 # Kernels in the busiest graph (2-layer fixtures; the sampling decode step): the per-layer count above misses
 # ops MindSpore hoists out of the layers' scope (such as weight casts: float32 norm parameters saved 10 / 5).
 OPS_PER_GRAPH = {"chatglm-6b": 227, "chatglm2": 279, "chatglm3": 279}
+# Recorded on MindSpore 2.10; 2.7.2's passes leave 5 more ops outside the layers in the same graphs (measured).
+OLDER_RELEASE_OPS = 5 if tuple(int(p) for p in mindspore.__version__.split(".")[:2]) < (2, 9) else 0
 
 
 @pytest.fixture(scope="module")
@@ -72,4 +75,4 @@ def test_ops_per_layer_within_the_recorded_budget(graphs, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_ops_per_graph_within_the_recorded_budget(graphs, family):
     most = max(len(nodes) for (f, _), (nodes, _) in graphs.items() if f == family)
-    assert most <= OPS_PER_GRAPH[family], f"{family}: {most} ops in its largest graph"
+    assert most <= OPS_PER_GRAPH[family] + OLDER_RELEASE_OPS, f"{family}: {most} ops in its largest graph"
