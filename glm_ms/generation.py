@@ -86,6 +86,18 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def sampling_probs(scores: np.ndarray, temperature: float, top_k: int | None, top_p: float) -> np.ndarray:
+    """float64 probabilities [b, vocab] to draw from: temperature, then top-k, then top-p, as upstream warps."""
+    if temperature != 1.0:
+        scores = temperature_warp(scores, temperature)
+    check_sampleable(scores, temperature)
+    if top_k:
+        scores = top_k_warp(scores, top_k)
+    if top_p < 1.0:
+        scores = top_p_warp(scores, top_p)
+    return softmax(scores).astype(np.float64)
+
+
 def log_softmax(x: np.ndarray) -> np.ndarray:
     """log(softmax(x)) over the last axis (float32)."""
     x = x.astype(np.float32)
@@ -211,14 +223,7 @@ class GenerationPlan:
         o = self.options
         if not o.do_sample:
             return np.argmax(scores, axis=-1), scores
-        if o.temperature != 1.0:
-            scores = temperature_warp(scores, o.temperature)
-        check_sampleable(scores, o.temperature)
-        if o.top_k:
-            scores = top_k_warp(scores, o.top_k)
-        if o.top_p < 1.0:
-            scores = top_p_warp(scores, o.top_p)
-        probs = softmax(scores).astype(np.float64)
+        probs = sampling_probs(scores, o.temperature, o.top_k, o.top_p)
         return np.array([self.rng.choice(probs.shape[-1], p=p / p.sum()) for p in probs]), scores
 
 

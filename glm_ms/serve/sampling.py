@@ -11,10 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..decoding import check_sampleable
 from ..errors import GenerationError
-from ..generation import (InvalidScoreLogitsProcessor, RepetitionPenaltyLogitsProcessor, softmax, temperature_warp,
-                          top_k_warp, top_p_warp)
+from ..generation import InvalidScoreLogitsProcessor, RepetitionPenaltyLogitsProcessor, sampling_probs
 
 LogitsProcessor = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (ids [1, s], scores [1, vocab]) → scores
 
@@ -77,14 +75,7 @@ class RowSampler:
         s = self.sampling
         if s.greedy:
             return int(np.argmax(scores[0]))
-        if s.temperature != 1.0:
-            scores = temperature_warp(scores, s.temperature)
-        check_sampleable(scores, s.temperature)
-        if s.top_k:
-            scores = top_k_warp(scores, s.top_k)
-        if s.top_p < 1.0:
-            scores = top_p_warp(scores, s.top_p)
-        probs = softmax(scores).astype(np.float64)[0]
+        probs = sampling_probs(scores, s.temperature, s.top_k, s.top_p)[0]
         return int(self.rng.choice(probs.shape[-1], p=probs / probs.sum()))
 
     def accept(self, token: int) -> None:
