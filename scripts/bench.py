@@ -129,14 +129,19 @@ def timed_stream(model, prompt: np.ndarray, new_tokens: int, stop_after: int | N
     return marks[0] - start, np.diff(marks)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The benchmark's flags."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """The random model's shape: ChatGLM-6B's width with 2 layers unless told otherwise."""
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--inner", type=int, default=16384)
     parser.add_argument("--vocab", type=int, default=130528)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's flags."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_shape_arguments(parser)
     parser.add_argument("--prompt-len", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=512)
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or float16 (Ascend default)")

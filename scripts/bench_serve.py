@@ -28,17 +28,13 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench import build_model, peak_rss_gb, random_prompt  # noqa: E402  (the sibling script)
+from bench import add_shape_arguments, build_model, peak_rss_gb, random_prompt  # noqa: E402  (the sibling script)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The benchmark's flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=4096)
-    parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--inner", type=int, default=16384)
-    parser.add_argument("--vocab", type=int, default=130528)
+    add_shape_arguments(parser)
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens per stream (no eos: all are made)")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8])
