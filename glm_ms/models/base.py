@@ -124,7 +124,7 @@ class CausalLM(nn.Cell):
             attention.kv_cache.allocate(batch, pre + capacity, self.compute_dtype)
             if pre:
                 attention.kv_cache(_prefix_rows(self.prefix_cache.keys[i], batch, np_dtype),
-                                   _prefix_rows(self.prefix_cache.values[i], batch, np_dtype), slots)
+                                   _prefix_rows(self.prefix_cache.values[i], batch, np_dtype), slots, pre)
 
     def set_prefix(self, prefix: Any) -> None:
         """Put a P-tuning v2 `PrefixCache` (None: none) in front of every row, from the next cache allocation."""
@@ -342,9 +342,8 @@ class CausalLM(nn.Cell):
 
 
 def _prefix_rows(kv: np.ndarray, batch: int, dtype: type) -> Tensor:
-    """One layer's prefix keys or values [pre, heads, d] (float32) as cache rows [batch, heads, pre, d] of `dtype`."""
-    heads_first = kv.transpose(1, 0, 2)
-    return Tensor(np.ascontiguousarray(np.broadcast_to(heads_first[None], (batch,) + heads_first.shape), dtype=dtype))
+    """One layer's prefix keys or values [pre, heads, d] (float32) as cache input [batch, pre, heads, d] of `dtype`."""
+    return Tensor(np.ascontiguousarray(np.broadcast_to(kv[None], (batch,) + kv.shape), dtype=dtype))
 
 
 def _set_aside(tensors: Iterable[tuple[str, np.ndarray]], prefix: str, aside: list) -> Iterable:

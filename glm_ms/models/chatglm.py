@@ -92,9 +92,8 @@ class SelfAttention(nn.Cell):
         q, k, v = ops.split(qkv, self.head_dim, axis=-1)
         q = apply_rotary(q, cos, sin) * self.query_scale
         k = apply_rotary(k, cos, sin)
-        keys, values = self.kv_cache(k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), cache_positions)
-        width = mask.shape[-1]  # only the cache slots the mask covers are read
-        keys, values = keys[:, :, :width], values[:, :, :width]
+        # Only the cache slots the mask covers are read.
+        keys, values = self.kv_cache(k, v, cache_positions, mask.shape[-1])
         context = scaled_masked_attention(q.transpose(0, 2, 1, 3), keys, values, mask, self.layer_scale)
         return self.dense(context.transpose(0, 2, 1, 3).reshape(b, s, self.num_heads * self.head_dim))
 

@@ -119,10 +119,8 @@ class MultiQueryAttention(nn.Cell):
             q, k, v = ops.split(qkv.reshape(b, s, h, 3 * d), d, axis=-1)
         q = apply_pair_rotary(q, cos, sin) * self.query_scale
         k = apply_pair_rotary(k, cos, sin)
-        keys, values = self.kv_cache(k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), cache_positions)
         # Only the cache slots the mask covers are read: those in use (a bucketed prefix when compiled).
-        width = mask.shape[-1]
-        keys, values = keys[:, :, :width], values[:, :, :width]
+        keys, values = self.kv_cache(k, v, cache_positions, mask.shape[-1])
         # Head j reads key/value group j // (h / g). Rather than copying each group h/g times, fold the heads
         # of a group into the query rows: q [b, g, (h/g)·s, d] against the cache's [b, g, L, d] as it is.
         q = q.transpose(0, 2, 1, 3).reshape(b, g, (h // g) * s, d)
@@ -280,7 +278,7 @@ class ChatGLM2CausalLM(CausalLM):
         hidden, states = self.transformer(Tensor(ids.astype(np.int32)), Tensor(positions[:, 0].astype(np.int32)),
                                           mask, slots, output_hidden_states)
         held = self.prefix_length + seq  # a P-tuning prefix comes first, as in upstream's past_key_values
-        caches = tuple((a.kv_cache.key[:, :, :held], a.kv_cache.value[:, :, :held]) for a in self.attention_layers())
+        caches = tuple(a.kv_cache.held(held) for a in self.attention_layers())
         return ChatGLM2Output(logits=self.transformer.output_layer(hidden).astype(ms.float32), hidden_states=states,
                               last_hidden_state=hidden, past_key_values=caches)
 

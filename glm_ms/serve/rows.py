@@ -34,7 +34,7 @@ class CacheBuffers:
 
     @classmethod
     def allocate(cls, model: nn.Cell, batch: int, capacity: int) -> CacheBuffers:
-        """Fresh zeroed buffers [batch, heads, capacity, head_dim] in every KVCache of `model`."""
+        """Fresh zeroed buffers [capacity, batch, heads, head_dim] in every KVCache of `model`."""
         model.allocate_cache(batch, capacity)
         caches = [attention.kv_cache for attention in model.attention_layers()]
         return cls(caches, [c.key for c in caches], [c.value for c in caches])
@@ -112,9 +112,8 @@ class BatchRows:
         logits = self._graph("logits")(Tensor(ids[None]), Tensor(positions[None]), Tensor(mask[None, None]),
                                        Tensor(ring.astype(np.int32)))
         self.batch.bind()
-        index = Tensor(np.array([[row]], np.int32))
-        for big, small in zip(self.batch.keys + self.batch.values, self.scratch.keys + self.scratch.values):
-            ops.scatter_nd_update(big, index, small)
+        for cache, key, value in zip(self.batch.caches, self.scratch.keys, self.scratch.values):
+            cache.copy_row(key, value, row)
         self.key_mask[row] = True
         self.key_mask[row, slots] = prompt.mask[-1]   # decode tokens see what the last prompt token saw
         if self.position_rows is None:

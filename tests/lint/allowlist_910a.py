@@ -50,14 +50,15 @@ ALLOWED = {
     "Select": {F32, I32, BOOL},            # CANN Select: float16/float32/int32 with a bool condition
     "MaskedFill": {F16, BOOL},             # CANN MaskedFill: float16/float32/int32 with a bool mask
     "Cast": {F16, F32, I32, BOOL},         # CANN Cast: between float16/float32/int32/bool
-    # --- data movement: CANN Gather(V2)/GatherElements(GatherD)/ScatterNdUpdate: float16/float32/int32 data,
+    # --- data movement: CANN Gather(V2)/GatherElements(GatherD)/ScatterUpdate: float16/float32/int32 data,
     # int32 indices
     "Gather": {F16, F32, I32},             # CANN GatherV2
     "GatherD": {F32, I32},                 # CANN GatherElements
-    "ScatterNdUpdate": {F16, F32, I32},    # CANN ScatterNdUpdate: float16/float32 data, int32 indices
+    "ScatterUpdate": {F16, F32, I32},      # CANN ScatterUpdate: float16/float32 (int8) var, int32 indices; in place
     "Concat": {F16, F32, I32},             # CANN ConcatD
     "Split": {F16},                        # CANN SplitD/SplitV
     "StridedSlice": {F16, F32, I32},       # CANN StridedSliceD
+    "Slice": {F16},                        # CANN Slice(D): float16/float32/int32 (the cache slots read)
     "Transpose": {F16},                    # CANN TransposeD
     "Tile": {F32, I32, BOOL},              # CANN TileD: float16/float32/int32 (bool as uint8)
     "Reshape": {F16, F32, I32, BOOL},      # no kernel (a view of the same memory)

@@ -119,7 +119,7 @@ def test_attention_groups_heads_and_caches_only_the_groups(heads, groups, groupe
     out = attn(Tensor(x[None]), cos, sin, Tensor(mask[None, None]), Tensor(np.arange(s, dtype=np.int32)))
     ref = _reference_attention(x, w, b, wo, heads, g, d, positions, mask, grouped)
     np.testing.assert_allclose(out.asnumpy()[0], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
-    assert attn.kv_cache.key.shape == (1, g, s, d)  # the cache holds key/value groups, not expanded heads
+    assert attn.kv_cache.held(s)[0].shape == (1, g, s, d)  # the cache holds key/value groups, not expanded heads
 
 
 def test_config_derives_sizes_and_rejects_contradictions():
