@@ -309,7 +309,7 @@ def context_run(model, config, length: int, seed: int) -> dict:
     start = time.perf_counter()
     prefill_s, steps = timed_stream(model, prompt, CONTEXT_STEPS)
     weights = sum(p.nbytes for p in model.weight_parameters().values())
-    capacity = model.attention_layers()[0].kv_cache.key.shape[2]
+    capacity = model.attention_layers()[0].kv_cache.capacity
     kv = sum(a.kv_cache.key.nbytes + a.kv_cache.value.nbytes for a in model.attention_layers())
     peak = peak_rss_since_reset_gb() if tracked else peak_rss_gb()
     return {"prompt_len": length, "prefill_s": round(prefill_s, 2), "total_s": round(time.perf_counter() - start, 2),
