@@ -65,7 +65,7 @@ class KVCache(nn.Cell):
 
     def held(self, count: int) -> tuple[Tensor, Tensor]:
         """Keys and values of slots 0..count-1 as [batch, heads, count, head_dim] (upstream's past_key_values)."""
-        return tuple(buf[:count].transpose(1, 2, 0, 3) for buf in (self.key, self.value))
+        return _heads_major(self.key, count), _heads_major(self.value, count)
 
     def copy_row(self, key: Tensor, value: Tensor, row: int) -> None:
         """Overwrite batch row `row` with key/value [capacity, 1, heads, head_dim] (another cache's buffers)."""
@@ -80,9 +80,7 @@ class KVCache(nn.Cell):
         # reads after the writes only through that data dependency.
         keys = self._write(self.key, slots, _slot_major(key.astype(self.key.dtype)))
         values = self._write(self.value, slots, _slot_major(value.astype(self.value.dtype)))
-        # narrow, not a slice: a slice of the whole buffer is dropped as a no-op, and a BatchMatMul reading the
-        # Parameter itself runs about twenty times slower on the CPU (measured at 4096 slots).
-        return tuple(ops.narrow(buf, 0, 0, width).transpose(1, 2, 0, 3) for buf in (keys, values))
+        return _heads_major(keys, width), _heads_major(values, width)
 
 
 def _slot_major(x: Tensor) -> Tensor:
@@ -91,3 +89,10 @@ def _slot_major(x: Tensor) -> Tensor:
     if b == 1 or s == 1:  # a decode step or a one-row prompt: the same memory order, no transpose needed
         return x.reshape(s, b, h, d)
     return x.transpose(1, 0, 2, 3).contiguous()
+
+
+def _heads_major(buffer: Tensor, count: int) -> Tensor:
+    """Slots 0..count-1 of a buffer [capacity, b, heads, d] as [b, heads, count, d]."""
+    # narrow, not a slice: a slice of the whole buffer is dropped as a no-op, and a BatchMatMul reading the
+    # Parameter itself runs about twenty times slower on the CPU (measured at 4096 slots).
+    return ops.narrow(buffer, 0, 0, count).transpose(1, 2, 0, 3)
