@@ -1,6 +1,7 @@
 """scripts/bench.py on a small shape: the JSON record names what ran, and the bound streams the stored bytes."""
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,17 @@ def test_long_context_record(bench, capsys):
     kv_per_token = 2 * 1 * 2 * 16 * 4  # keys and values, 1 layer, 2 groups of 16, float32
     assert long["kv_cache_gb"] == round(long["cache_capacity"] * kv_per_token / 2**30, 3)
     assert record["decode_long_vs_short"] == round(long["decode_ms_per_token"] / short["decode_ms_per_token"], 3)
+
+
+def test_attention_bench_record(capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_attention", ROOT / "scripts" / "bench_attention.py")
+    module = importlib.util.module_from_spec(spec)
+    # MindSpore's jit resolves a compiled function's globals through sys.modules, as for an imported script
+    monkeypatch.setitem(sys.modules, "bench_attention", module)
+    spec.loader.exec_module(module)
+    module.main(["--groups", "2", "--rows", "3", "--head-dim", "16", "--widths", "8", "100", "--repeats", "2"])
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["kernel_available"] is True  # the CI machine builds the kernels (scripts/test.sh installs g++)
+    assert sorted(record["widths"]) == ["100", "8"]
+    assert all(set(entry) == {"kernel", "mindspore_ops"} and entry["kernel"]["best_ms"] > 0
+               for entry in record["widths"].values())

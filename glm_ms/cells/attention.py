@@ -1,5 +1,9 @@
 """The one attention function of every family, so a fused kernel (FlashAttentionScore on 910B) can replace it.
 
+`cache_attention` reads the static cache's slot-major buffers: on the CPU a decode step (or a short piece) goes
+through glm_ms's fused kernel, which reads the slots where they lie; otherwise the slots in use are taken heads
+first and `scaled_masked_attention` runs in MindSpore ops.
+
 The query heads that share a key/value group are stacked as rows of that group ([b, groups, r·s, d]), so
 multi-query attention reads each group's keys as they are and the mask [b, 1, s, L] is broadcast over heads,
 never copied per head. Scores over many keys (a prefill chunk against a long cache) are taken in key blocks
@@ -9,6 +13,11 @@ from __future__ import annotations
 
 import mindspore as ms
 from mindspore import Tensor, ops
+
+from ..device import select_device
+from ..kernels.attention import MAX_ROWS, cached_attention
+from ..kernels.matmul import kernel_library
+from .kv_cache import heads_major
 
 MASK_FILL = -10000.0  # upstream fills masked scores with -10000 (not -inf); fully masked rows stay finite
 BLOCK_BYTES = 64 << 20  # float32 scores of one key block; decode steps and short prompts fit in one block
@@ -74,3 +83,19 @@ def _block(query: Tensor, key: Tensor, value: Tensor, mask: Tensor, layer_scale:
     total = 1.0 / probs.max(-1, keepdims=True)
     part = ops.BatchMatMul()(probs.astype(value.dtype), value[:, :, start:stop]).astype(ms.float32)
     return part, scores.max(-1, keepdims=True), total
+
+
+def fused_attention_here() -> bool:
+    """Whether `cache_attention(..., fused=True)` may use the CPU kernel: the CPU, with glm_ms's kernels built."""
+    return select_device() == "CPU" and kernel_library() is not None
+
+
+def cache_attention(query: Tensor, keys: Tensor, values: Tensor, mask: Tensor, layer_scale: float,
+                    fused: bool = False) -> Tensor:
+    """`scaled_masked_attention` over slots 0..L-1 (L = mask's last dimension) of a KVCache's buffers
+    [capacity, b, g, d]; `fused` (the CPU with glm_ms's kernels) reads them with the decode-attention kernel."""
+    if fused and query.shape[2] <= MAX_ROWS and query.dtype == keys.dtype and keys.dtype in (ms.float32, ms.float16):
+        # The kernel's float32 scores are _masked_scores' (q·k·scale, MASK_FILL·scale where masked).
+        return cached_attention(query, keys, values, mask, layer_scale, MASK_FILL * layer_scale).astype(values.dtype)
+    width = mask.shape[-1]
+    return scaled_masked_attention(query, heads_major(keys, width), heads_major(values, width), mask, layer_scale)

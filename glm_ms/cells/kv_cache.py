@@ -65,7 +65,7 @@ class KVCache(nn.Cell):
 
     def held(self, count: int) -> tuple[Tensor, Tensor]:
         """Keys and values of slots 0..count-1 as [batch, heads, count, head_dim] (upstream's past_key_values)."""
-        return _heads_major(self.key, count), _heads_major(self.value, count)
+        return heads_major(self.key, count), heads_major(self.value, count)
 
     def copy_row(self, key: Tensor, value: Tensor, row: int) -> None:
         """Overwrite batch row `row` with key/value [capacity, 1, heads, head_dim] (another cache's buffers)."""
@@ -73,14 +73,13 @@ class KVCache(nn.Cell):
         for buf, src in ((self.key, key), (self.value, value)):
             ops.scatter_nd_update(buf, index, src[:, 0])
 
-    def construct(self, key, value, slots, width: int):
-        """Write key/value [b, s, heads, head_dim] at cache slots `slots` [s]; return slots 0..width-1 of the
-        updated buffers as [b, heads, width, head_dim]."""
+    def construct(self, key, value, slots):
+        """Write key/value [b, s, heads, head_dim] at cache slots `slots` [s]; return the updated buffers
+        [capacity, b, heads, head_dim] (`heads_major` reads a prefix of them)."""
         # The scatters' outputs (the updated buffers) are read, not the Parameters: a compiled graph orders the
         # reads after the writes only through that data dependency.
-        keys = self._write(self.key, slots, _slot_major(key.astype(self.key.dtype)))
-        values = self._write(self.value, slots, _slot_major(value.astype(self.value.dtype)))
-        return _heads_major(keys, width), _heads_major(values, width)
+        return (self._write(self.key, slots, _slot_major(key.astype(self.key.dtype))),
+                self._write(self.value, slots, _slot_major(value.astype(self.value.dtype))))
 
 
 def _slot_major(x: Tensor) -> Tensor:
@@ -91,7 +90,7 @@ def _slot_major(x: Tensor) -> Tensor:
     return x.transpose(1, 0, 2, 3).contiguous()
 
 
-def _heads_major(buffer: Tensor, count: int) -> Tensor:
+def heads_major(buffer: Tensor, count: int) -> Tensor:
     """Slots 0..count-1 of a buffer [capacity, b, heads, d] as [b, heads, count, d]."""
     # narrow, not a slice: a slice of the whole buffer is dropped as a no-op, and a BatchMatMul reading the
     # Parameter itself runs about twenty times slower on the CPU (measured at 4096 slots).

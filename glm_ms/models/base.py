@@ -124,7 +124,7 @@ class CausalLM(nn.Cell):
             attention.kv_cache.allocate(batch, pre + capacity, self.compute_dtype)
             if pre:
                 attention.kv_cache(_prefix_rows(self.prefix_cache.keys[i], batch, np_dtype),
-                                   _prefix_rows(self.prefix_cache.values[i], batch, np_dtype), slots, pre)
+                                   _prefix_rows(self.prefix_cache.values[i], batch, np_dtype), slots)
 
     def set_prefix(self, prefix: Any) -> None:
         """Put a P-tuning v2 `PrefixCache` (None: none) in front of every row, from the next cache allocation."""

@@ -12,7 +12,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from ..cells.attention import scaled_masked_attention
+from ..cells.attention import cache_attention, fused_attention_here
 from ..cells.kv_cache import KVCache
 from ..cells.layers import Embedding, LayerNorm, Linear
 from ..cells.masks import PromptMask
@@ -81,6 +81,8 @@ class SelfAttention(nn.Cell):
         self.query_scale = 1.0 / (math.sqrt(self.head_dim) * self.layer_scale)
         self.query_key_value = Linear(config.hidden_size, 3 * config.hidden_size, dtype=dtype)
         self.dense = Linear(config.hidden_size, config.hidden_size, dtype=dtype)
+        # On the CPU, glm_ms's decode-attention kernel reads the cache (see cells.attention.cache_attention).
+        self.fused_attention = fused_attention_here()
         self.kv_cache = KVCache(self.num_heads, self.head_dim, dtype=dtype)
 
     def construct(self, x, cos, sin, mask, cache_positions):
@@ -93,8 +95,9 @@ class SelfAttention(nn.Cell):
         q = apply_rotary(q, cos, sin) * self.query_scale
         k = apply_rotary(k, cos, sin)
         # Only the cache slots the mask covers are read.
-        keys, values = self.kv_cache(k, v, cache_positions, mask.shape[-1])
-        context = scaled_masked_attention(q.transpose(0, 2, 1, 3), keys, values, mask, self.layer_scale)
+        keys, values = self.kv_cache(k, v, cache_positions)
+        context = cache_attention(q.transpose(0, 2, 1, 3), keys, values, mask, self.layer_scale,
+                                  self.fused_attention)
         return self.dense(context.transpose(0, 2, 1, 3).reshape(b, s, self.num_heads * self.head_dim))
 
 

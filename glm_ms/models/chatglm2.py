@@ -14,7 +14,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from ..cells.attention import scaled_masked_attention
+from ..cells.attention import cache_attention, fused_attention_here
 from ..cells.kv_cache import KVCache
 from ..cells.layers import Embedding, LayerNorm, Linear, RMSNorm
 from ..cells.masks import PromptMask
@@ -104,6 +104,8 @@ class MultiQueryAttention(nn.Cell):
                                       bias=config.add_bias_linear or config.add_qkv_bias, dtype=dtype)
         self.dense = Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.add_bias_linear,
                             dtype=dtype)
+        # On the CPU, glm_ms's decode-attention kernel reads the cache (see cells.attention.cache_attention).
+        self.fused_attention = fused_attention_here()
         self.kv_cache = KVCache(self.num_kv_heads, self.head_dim, dtype=dtype)
 
     def construct(self, x, cos, sin, mask, cache_positions):
@@ -120,11 +122,11 @@ class MultiQueryAttention(nn.Cell):
         q = apply_pair_rotary(q, cos, sin) * self.query_scale
         k = apply_pair_rotary(k, cos, sin)
         # Only the cache slots the mask covers are read: those in use (a bucketed prefix when compiled).
-        keys, values = self.kv_cache(k, v, cache_positions, mask.shape[-1])
+        keys, values = self.kv_cache(k, v, cache_positions)
         # Head j reads key/value group j // (h / g). Rather than copying each group h/g times, fold the heads
         # of a group into the query rows: q [b, g, (h/g)·s, d] against the cache's [b, g, L, d] as it is.
         q = q.transpose(0, 2, 1, 3).reshape(b, g, (h // g) * s, d)
-        context = scaled_masked_attention(q, keys, values, mask, self.layer_scale)
+        context = cache_attention(q, keys, values, mask, self.layer_scale, self.fused_attention)
         context = context.reshape(b, h, s, d).transpose(0, 2, 1, 3).reshape(b, s, h * d)
         return self.dense(context)
 

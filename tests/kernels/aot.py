@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-DTYPE_NAMES = {np.dtype(np.float32): b"float32", np.dtype(np.float16): b"float16", np.dtype(np.int8): b"int8"}
+DTYPE_NAMES = {np.dtype(np.float32): b"float32", np.dtype(np.float16): b"float16", np.dtype(np.int8): b"int8",
+               np.dtype(np.bool_): b"bool"}
 
 
 @functools.lru_cache(maxsize=None)

@@ -22,6 +22,8 @@ def compile_family(family: str) -> int:
     for _, cell in model.cells_and_names():
         if hasattr(cell, "half_kernel"):
             cell.half_kernel = False  # the MatMul Ascend runs, not glm_ms's float16 CPU kernel
+        if hasattr(cell, "fused_attention"):
+            cell.fused_attention = False  # likewise the attention ops, not the CPU decode-attention kernel
     ids = model.check_ids([[7, 8, 9, 10, 11]])
     mask, positions = model.prompt_inputs(ids)
     decoder = Decoder(model, ids, mask, positions, max_length=24, compiled=True)

@@ -1,0 +1,276 @@
+// Decode attention over a slot-major static cache, read where it lies (no copy of the slots into heads-major order):
+//   glm_cached_attention(q [b, g, R, d], keys [C, b, g, d], values [C, b, g, d], mask bool [b, 1, s, W],
+//                        scale float32 [2]) -> out float32 [b, g, R, d]
+// q and the cache are both float32 or both float16; R = r * s rows per key/value group, head-major (row i is
+// query position i % s); only slots 0..W-1 are read (W <= C). scale = (layer scale, masked score): a score is
+// q.k * scale[0], or scale[1] where the mask is set, then softmax over the W slots and the weighted sum of values,
+// all in float32 (the same values as glm_ms.cells.attention's MindSpore path, up to float32 rounding).
+//
+// Work is split by slots: the keys (or values) of one slot, every group, are contiguous, so each thread reads its
+// blocks of slots front to back. The weighted sums are per-thread partial sums, added up at the end.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include <omp.h>
+
+#include "exact.h"  // hsum
+
+namespace glm {
+namespace {
+
+constexpr int64_t kSlotBlock = 64;  // slots per work item (their values, one group, 32 KiB of float32 at d = 128)
+constexpr int64_t kMaxRows = 64;    // R: decode steps and short pieces (glm_ms.kernels.attention.MAX_ROWS)
+
+struct Shapes {
+  int64_t b, g, R, d, C, s, W;
+  int64_t ld;  // row stride of the scores: W padded so that rows do not share L1 sets (W = 2^n aliases)
+};
+
+// n float32 or float16 elements as float32 into dst.
+inline void to_float(const void *p, bool half, int64_t n, float *dst) {
+  if (!half) {
+    std::memcpy(dst, p, (size_t)n * 4);
+    return;
+  }
+  const uint16_t *h = (const uint16_t *)p;
+  int64_t i = 0;
+#if GLM_SIMD
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+#endif
+  for (; i < n; i++) dst[i] = half_to_float(h[i]);
+}
+
+// n elements as float32: float32 ones where they lie, float16 ones converted into tmp.
+inline const float *as_float(const void *p, bool half, int64_t n, float *tmp) {
+  if (!half) return (const float *)p;
+  to_float(p, true, n, tmp);
+  return tmp;
+}
+
+// out[u] = q[u] . k for N <= 4 rows of q (stride d): one pass over the key serves them all. N is a template
+// argument so that the accumulators stay in registers.
+template <int N>
+inline void dot_rows(const float *q, int64_t d, const float *k, float *out) {
+  constexpr int n = N;
+  int64_t c = 0;
+  float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#if GLM_SIMD
+  __m256 acc[4][2];
+  for (int i = 0; i < 4; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  for (; c + 16 <= d; c += 16) {  // two accumulators per row: one row alone is not bound by the FMA latency
+    const __m256 k0 = _mm256_loadu_ps(k + c), k1 = _mm256_loadu_ps(k + c + 8);
+    for (int i = 0; i < n; i++) {
+      acc[i][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + i * d + c), k0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(_mm256_loadu_ps(q + i * d + c + 8), k1, acc[i][1]);
+    }
+  }
+  for (; c + 8 <= d; c += 8) {
+    const __m256 k0 = _mm256_loadu_ps(k + c);
+    for (int i = 0; i < n; i++) acc[i][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + i * d + c), k0, acc[i][0]);
+  }
+  for (int i = 0; i < n; i++) sum[i] = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
+#endif
+  for (; c < d; c++)
+    for (int i = 0; i < n; i++) sum[i] += q[i * d + c] * k[c];
+  for (int i = 0; i < n; i++) out[i] = sum[i];
+}
+
+// Scores [b, g, R, W] of slots j0..j1-1 of batch row bi, masked ones set to `masked`.
+void score_slots(const Shapes &t, const float *q, const char *keys, size_t esize, bool half, const uint8_t *mask,
+                 float layer_scale, float masked, int64_t bi, int64_t j0, int64_t j1, float *scores, float *tmp) {
+  for (int64_t j = j0; j < j1; j++)
+    for (int64_t gi = 0; gi < t.g; gi++) {
+      const float *k = as_float(keys + (((j * t.b + bi) * t.g + gi) * t.d) * esize, half, t.d, tmp);
+      const int64_t bg = bi * t.g + gi;
+      float out[4];
+      for (int64_t i = 0; i < t.R; i += 4) {
+        const int n = (int)std::min<int64_t>(4, t.R - i);
+        const float *qi = q + (bg * t.R + i) * t.d;
+        switch (n) {
+          case 4: dot_rows<4>(qi, t.d, k, out); break;
+          case 3: dot_rows<3>(qi, t.d, k, out); break;
+          case 2: dot_rows<2>(qi, t.d, k, out); break;
+          default: dot_rows<1>(qi, t.d, k, out); break;
+        }
+        for (int u = 0; u < n; u++) scores[(bg * t.R + i + u) * t.ld + j] = out[u] * layer_scale;
+      }
+    }
+  for (int64_t gi = 0; gi < t.g; gi++)
+    for (int64_t i = 0; i < t.R; i++) {  // row i is query position i % s
+      const uint8_t *m = mask + (bi * t.s + i % t.s) * t.W;
+      float *row = scores + ((bi * t.g + gi) * t.R + i) * t.ld;
+      for (int64_t j = j0; j < j1; j++)
+        if (m[j]) row[j] = masked;
+    }
+}
+
+#if GLM_SIMD
+// exp(x) for x <= 0 in float32 (Cephes' expf polynomial, within ~2 ulp), 8 at a time.
+inline __m256 exp8(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+#endif
+
+// A row of scores -> exp(score - max) in place; returns 1 / sum.
+float softmax_row(float *row, int64_t n) {
+  float peak = row[0];
+  for (int64_t j = 1; j < n; j++) peak = std::max(peak, row[j]);
+  float total = 0.0f;
+  int64_t j = 0;
+#if GLM_SIMD
+  __m256 acc = _mm256_setzero_ps();
+  const __m256 p = _mm256_set1_ps(peak);
+  for (; j + 8 <= n; j += 8) {
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row + j), p));
+    _mm256_storeu_ps(row + j, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  total = hsum(acc);
+#endif
+  for (; j < n; j++) total += (row[j] = std::exp(row[j] - peak));
+  return 1.0f / total;
+}
+
+// acc[u][c] += sum over slots j of p[u * ldp + j] * v[j * ldv + c] for N <= 3 rows (acc row stride d), `slots`
+// slots, 32 columns: 3 rows x 32 columns is 12 accumulators in registers.
+template <int N>
+inline void weigh_rows(const float *p, int64_t ldp, const float *v, int64_t ldv, int64_t d, int64_t slots,
+                       float *acc) {
+  constexpr int n = N;
+#if GLM_SIMD
+  __m256 a[3][4];
+  for (int i = 0; i < n; i++)
+    for (int x = 0; x < 4; x++) a[i][x] = _mm256_loadu_ps(acc + i * d + 8 * x);
+  for (int64_t j = 0; j < slots; j++) {
+    const float *vj = v + j * ldv;
+    const __m256 v0 = _mm256_loadu_ps(vj), v1 = _mm256_loadu_ps(vj + 8), v2 = _mm256_loadu_ps(vj + 16),
+                 v3 = _mm256_loadu_ps(vj + 24);
+    for (int i = 0; i < n; i++) {
+      const __m256 w = _mm256_broadcast_ss(p + i * ldp + j);
+      a[i][0] = _mm256_fmadd_ps(w, v0, a[i][0]);
+      a[i][1] = _mm256_fmadd_ps(w, v1, a[i][1]);
+      a[i][2] = _mm256_fmadd_ps(w, v2, a[i][2]);
+      a[i][3] = _mm256_fmadd_ps(w, v3, a[i][3]);
+    }
+  }
+  for (int i = 0; i < n; i++)
+    for (int x = 0; x < 4; x++) _mm256_storeu_ps(acc + i * d + 8 * x, a[i][x]);
+#else
+  for (int64_t j = 0; j < slots; j++)
+    for (int i = 0; i < n; i++)
+      for (int x = 0; x < 32; x++) acc[i * d + x] += p[i * ldp + j] * v[j * ldv + x];
+#endif
+}
+
+// partial[b, g, R, d] += probs of slots j0..j1-1 of batch row bi times their values: float32 values read where they
+// lie (slot stride b * g * d), float16 ones converted one group's block at a time into tmp.
+void weigh_slots(const Shapes &t, const float *probs, const char *values, size_t esize, bool half, int64_t bi,
+                 int64_t j0, int64_t j1, float *partial, float *tmp) {
+  const int64_t cols = t.d / 32 * 32;
+  for (int64_t gi = 0; gi < t.g; gi++) {
+    const char *first = values + (((j0 * t.b + bi) * t.g + gi) * t.d) * esize;
+    const float *v = (const float *)first;
+    int64_t ldv = t.b * t.g * t.d;
+    if (half) {
+      for (int64_t j = j0; j < j1; j++) to_float(first + (j - j0) * ldv * esize, true, t.d, tmp + (j - j0) * t.d);
+      v = tmp;
+      ldv = t.d;
+    }
+    const int64_t bg = bi * t.g + gi;
+    const float *p = probs + bg * t.R * t.ld + j0;
+    float *acc = partial + bg * t.R * t.d;
+    for (int64_t i = 0; i < t.R; i += 3) {
+      const int n = (int)std::min<int64_t>(3, t.R - i);
+      for (int64_t c = 0; c < cols; c += 32) {
+        const float *pi = p + i * t.ld;
+        float *ai = acc + i * t.d + c;
+        switch (n) {
+          case 3: weigh_rows<3>(pi, t.ld, v + c, ldv, t.d, j1 - j0, ai); break;
+          case 2: weigh_rows<2>(pi, t.ld, v + c, ldv, t.d, j1 - j0, ai); break;
+          default: weigh_rows<1>(pi, t.ld, v + c, ldv, t.d, j1 - j0, ai); break;
+        }
+      }
+      for (int u = 0; u < n; u++)  // columns past the last multiple of 32
+        for (int64_t j = 0; j < j1 - j0; j++)
+          for (int64_t c = cols; c < t.d; c++) acc[(i + u) * t.d + c] += p[(i + u) * t.ld + j] * v[j * ldv + c];
+    }
+  }
+}
+
+}  // namespace
+}  // namespace glm
+
+using namespace glm;
+
+extern "C" int glm_cached_attention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                    void *, void *) {
+  const Call c{nparam, params, ndims, shapes, dtypes};
+  if (nparam != 6) return kBadArity;
+  const bool half = c.dtype_is(0, "float16");
+  const char *cache_type = half ? "float16" : "float32";
+  if (!(half || c.dtype_is(0, "float32")) || !c.dtype_is(1, cache_type) || !c.dtype_is(2, cache_type) ||
+      !c.dtype_is(3, "bool") || !c.dtype_is(4, "float32") || !c.dtype_is(5, "float32"))
+    return kBadDtype;
+  if (ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 4 || ndims[4] != 1 || ndims[5] != 4)
+    return kBadShape;
+  const Shapes t{c.dim(0, 0), c.dim(0, 1), c.dim(0, 2), c.dim(0, 3), c.dim(1, 0), c.dim(3, 2), c.dim(3, 3),
+                 (c.dim(3, 3) + 15) / 16 * 16 + 16};
+  for (int p : {1, 2})
+    if (c.dim(p, 1) != t.b || c.dim(p, 2) != t.g || c.dim(p, 3) != t.d) return kBadShape;
+  if (c.dim(3, 0) != t.b || c.dim(3, 1) != 1 || t.W < 1 || t.W > t.C || t.s < 1 || t.R % t.s != 0 ||
+      t.R > kMaxRows || c.dim(4, 0) != 2)
+    return kBadShape;
+  for (int d = 0; d < 4; d++)
+    if (c.dim(5, d) != c.dim(0, d)) return kBadShape;
+  const size_t esize = half ? 2 : 4;
+  const float layer_scale = ((const float *)params[4])[0], masked = ((const float *)params[4])[1];
+  const int64_t rows = t.b * t.g * t.R, blocks = (t.W + kSlotBlock - 1) / kSlotBlock;
+  std::vector<float> q((size_t)(rows * t.d)), scores((size_t)(rows * t.ld)), inverse((size_t)rows);
+  to_float(params[0], half, rows * t.d, q.data());
+  float *out = (float *)params[5];
+  // One partial sum per thread, added in thread order: the same inputs give the same bits on every call.
+  std::vector<float> partials;
+#pragma omp parallel
+  {
+    std::vector<float> block((size_t)(kSlotBlock * t.d));
+#pragma omp single
+    partials.assign((size_t)(omp_get_num_threads() * rows * t.d), 0.0f);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < t.b * blocks; item++) {
+      const int64_t j0 = (item % blocks) * kSlotBlock;
+      score_slots(t, q.data(), (const char *)params[1], esize, half, (const uint8_t *)params[3], layer_scale,
+                  masked, item / blocks, j0, std::min(t.W, j0 + kSlotBlock), scores.data(), block.data());
+    }
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; r++) inverse[r] = softmax_row(scores.data() + r * t.ld, t.W);
+    float *partial = partials.data() + omp_get_thread_num() * rows * t.d;
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < t.b * blocks; item++) {
+      const int64_t j0 = (item % blocks) * kSlotBlock;
+      weigh_slots(t, scores.data(), (const char *)params[2], esize, half, item / blocks, j0,
+                  std::min(t.W, j0 + kSlotBlock), partial, block.data());
+    }
+    const int threads = omp_get_num_threads();
+#pragma omp for schedule(static)
+    for (int64_t x = 0; x < rows * t.d; x++) {
+      float sum = 0.0f;
+      for (int th = 0; th < threads; th++) sum += partials[(size_t)(th * rows * t.d + x)];
+      out[x] = sum * inverse[x / t.d];
+    }
+  }
+  return kOk;
+}

@@ -1,0 +1,56 @@
+"""The decode-attention kernel of both builds, called directly, against a float64 reference: odd head sizes, rows
+that are not a multiple of the register tiles, widths past a slot block, float16 caches, every slot masked in a
+row, and clear return codes for inputs it does not take."""
+import numpy as np
+import pytest
+
+from tests.kernels.aot import call
+
+MASKED = -10000.0
+
+
+@pytest.fixture(params=["simd", "portable"])
+def library(request, simd_library, portable_library):
+    return simd_library if request.param == "simd" else portable_library
+
+
+def reference(q, keys, values, mask, layer_scale):
+    width = mask.shape[-1]
+    k = keys[:width].astype(np.float64).transpose(1, 2, 0, 3)
+    v = values[:width].astype(np.float64).transpose(1, 2, 0, 3)
+    rows, s = q.shape[2], mask.shape[2]
+    scores = np.einsum("bgrd,bgtd->bgrt", q.astype(np.float64), k) * layer_scale
+    scores = np.where(np.tile(mask, (1, 1, rows // s, 1)), MASKED * layer_scale, scores)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    return (probs / probs.sum(-1, keepdims=True)) @ v
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("b, g, r, s, d, capacity, width", [
+    (1, 2, 16, 1, 128, 200, 130), (2, 3, 5, 1, 40, 70, 70), (1, 4, 1, 7, 33, 9, 8), (3, 1, 2, 2, 8, 1, 1)])
+def test_cached_attention_matches_float64(library, dtype, b, g, r, s, d, capacity, width):
+    rng = np.random.default_rng(d)
+    q = (rng.standard_normal((b, g, r * s, d)) / 3).astype(dtype)
+    keys = rng.standard_normal((capacity, b, g, d)).astype(dtype)
+    values = rng.standard_normal((capacity, b, g, d)).astype(dtype)
+    mask = rng.random((b, 1, s, width)) < 0.3
+    mask[-1, 0, -1, :] = True
+    scale = np.array([1.5, MASKED * 1.5], np.float32)
+    rc, out = call(library.path, "glm_cached_attention", [q, keys, values, mask, scale], q.shape)
+    assert rc == 0
+    want = reference(q, keys, values, mask, 1.5)
+    np.testing.assert_allclose(out, want, atol=1e-5 * np.abs(want).max(), rtol=0)
+
+
+def test_cached_attention_refuses_what_it_does_not_take(simd_library):
+    q = np.zeros((1, 2, 4, 8), np.float32)
+    cache = np.zeros((5, 1, 2, 8), np.float32)
+    scale = np.array([1.0, MASKED], np.float32)
+    ok = [q, cache, cache, np.zeros((1, 1, 1, 5), bool), scale]
+    assert call(simd_library.path, "glm_cached_attention", ok, q.shape)[0] == 0
+    wider = [q, cache, cache, np.zeros((1, 1, 1, 6), bool), scale]           # more slots read than the cache has
+    half_cache = [q, cache.astype(np.float16), cache, ok[3], scale]           # dtypes that differ
+    too_many_rows = [np.zeros((1, 2, 65, 8), np.float32), cache, cache, ok[3], scale]
+    assert call(simd_library.path, "glm_cached_attention", wider, q.shape)[0] == 3
+    assert call(simd_library.path, "glm_cached_attention", half_cache, q.shape)[0] == 2
+    assert call(simd_library.path, "glm_cached_attention", too_many_rows, (1, 2, 65, 8))[0] == 3
