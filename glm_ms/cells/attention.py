@@ -1,8 +1,8 @@
 """The one attention function of every family, so a fused kernel (FlashAttentionScore on 910B) can replace it.
 
-`cache_attention` reads the static cache's slot-major buffers: on the CPU a decode step (or a short piece) goes
-through glm_ms's fused kernel, which reads the slots where they lie; otherwise the slots in use are taken heads
-first and `scaled_masked_attention` runs in MindSpore ops.
+`cache_attention` reads the static cache's slot-major buffers: on the CPU a decode step or a prompt chunk goes
+through glm_ms's fused kernel, which reads the slots where they lie and holds no scores of rows × slots; otherwise
+the slots in use are taken heads first and `scaled_masked_attention` runs in MindSpore ops.
 
 The query heads that share a key/value group are stacked as rows of that group ([b, groups, r·s, d]), so
 multi-query attention reads each group's keys as they are and the mask [b, 1, s, L] is broadcast over heads,
@@ -15,7 +15,7 @@ import mindspore as ms
 from mindspore import Tensor, ops
 
 from ..device import select_device
-from ..kernels.attention import MAX_ROWS, cached_attention
+from ..kernels.attention import cached_attention
 from ..kernels.matmul import kernel_library
 from .kv_cache import heads_major
 
@@ -93,8 +93,8 @@ def fused_attention_here() -> bool:
 def cache_attention(query: Tensor, keys: Tensor, values: Tensor, mask: Tensor, layer_scale: float,
                     fused: bool = False) -> Tensor:
     """`scaled_masked_attention` over slots 0..L-1 (L = mask's last dimension) of a KVCache's buffers
-    [capacity, b, g, d]; `fused` (the CPU with glm_ms's kernels) reads them with the decode-attention kernel."""
-    if fused and query.shape[2] <= MAX_ROWS and query.dtype == keys.dtype and keys.dtype in (ms.float32, ms.float16):
+    [capacity, b, g, d]; `fused` (the CPU with glm_ms's kernels) reads them with the attention kernel."""
+    if fused and query.dtype == keys.dtype and keys.dtype in (ms.float32, ms.float16):
         # The kernel's float32 scores are _masked_scores' (q·k·scale, MASK_FILL·scale where masked).
         return cached_attention(query, keys, values, mask, layer_scale, MASK_FILL * layer_scale).astype(values.dtype)
     width = mask.shape[-1]

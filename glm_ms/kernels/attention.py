@@ -1,5 +1,6 @@
-"""The CPU decode-attention kernel as a MindSpore function: softmax(q·kᵀ masked)·v read straight from a slot-major
-static cache, eagerly and inside `mindspore.jit` (an `ops.Custom(func_type="aot")` primitive, like the matmuls)."""
+"""The CPU attention kernel as a MindSpore function: softmax(q·kᵀ masked)·v read straight from a slot-major static
+cache, for a decode step or a prompt chunk, eagerly and inside `mindspore.jit` (an `ops.Custom(func_type="aot")`
+primitive, like the matmuls)."""
 from __future__ import annotations
 
 import functools
@@ -8,8 +9,6 @@ import mindspore as ms
 from mindspore import Tensor, ops
 
 from .matmul import kernel_library
-
-MAX_ROWS = 64  # query rows per key/value group the kernel takes (decode steps, short pieces; not whole prompts)
 
 
 @functools.lru_cache(maxsize=None)
@@ -22,6 +21,6 @@ def cached_attention(query: Tensor, keys: Tensor, values: Tensor, mask: Tensor, 
                      masked_score: float) -> Tensor:
     """float32 [b, g, R, d]: softmax over slots 0..W-1 of (q·k · layer_scale, or masked_score where mask [b, 1, s, W]
     is True), times the values; keys/values are the cache buffers [capacity, b, g, d] as they are stored, float32
-    or float16 like the query; R ≤ MAX_ROWS."""
+    or float16 like the query."""
     scale = Tensor([layer_scale, masked_score], ms.float32)
     return _primitive()(query, keys, values, mask.astype(ms.bool_), scale)

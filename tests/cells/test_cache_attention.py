@@ -1,4 +1,4 @@
-"""cache_attention: the CPU decode-attention kernel, reading the slot-major cache where it lies, gives the
+"""cache_attention: the CPU attention kernel (decode steps and prompt chunks), reading the slot-major cache where it lies, gives the
 MindSpore-ops path's result (float64 reference of upstream's rule), eagerly and compiled, float32 and float16."""
 import mindspore as ms
 import numpy as np
@@ -31,6 +31,7 @@ def reference(q, keys, values, mask, layer_scale):
     (1, 2, 16, 1, 128, 300, 257),   # ChatGLM2's shape of a decode step: 16 query heads per key/value group
     (2, 3, 1, 3, 13, 9, 9),         # odd head size, a short piece of 3 tokens, every slot read
     (3, 1, 2, 2, 8, 70, 65),        # one group, width past one key block
+    (1, 2, 8, 20, 16, 150, 140),    # a prompt chunk: 160 rows per group, a running softmax over slot blocks
 ])
 @pytest.mark.parametrize("compiled", [False, True])
 def test_the_kernel_gives_the_mindspore_path(dtype, b, g, r, s, d, capacity, width, compiled):

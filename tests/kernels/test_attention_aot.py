@@ -1,4 +1,5 @@
-"""The decode-attention kernel of both builds, called directly, against a float64 reference: odd head sizes, rows
+"""The cache-attention kernel of both builds, called directly, against a float64 reference: decode steps (work split
+by slots) and prompt chunks (more than 64 rows per group: row blocks with a running softmax), odd head sizes, rows
 that are not a multiple of the register tiles, widths past a slot block, float16 caches, every slot masked in a
 row, and clear return codes for inputs it does not take."""
 import numpy as np
@@ -27,7 +28,9 @@ def reference(q, keys, values, mask, layer_scale):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("b, g, r, s, d, capacity, width", [
-    (1, 2, 16, 1, 128, 200, 130), (2, 3, 5, 1, 40, 70, 70), (1, 4, 1, 7, 33, 9, 8), (3, 1, 2, 2, 8, 1, 1)])
+    (1, 2, 16, 1, 128, 200, 130), (2, 3, 5, 1, 40, 70, 70), (1, 4, 1, 7, 33, 9, 8), (3, 1, 2, 2, 8, 1, 1),
+    (1, 2, 16, 9, 128, 300, 200),   # a prompt chunk: 144 rows per group, row blocks of 64 and a partial one
+    (2, 1, 3, 23, 37, 150, 131)])   # odd head size, 69 rows, widths past two slot blocks
 def test_cached_attention_matches_float64(library, dtype, b, g, r, s, d, capacity, width):
     rng = np.random.default_rng(d)
     q = (rng.standard_normal((b, g, r * s, d)) / 3).astype(dtype)
@@ -50,7 +53,7 @@ def test_cached_attention_refuses_what_it_does_not_take(simd_library):
     assert call(simd_library.path, "glm_cached_attention", ok, q.shape)[0] == 0
     wider = [q, cache, cache, np.zeros((1, 1, 1, 6), bool), scale]           # more slots read than the cache has
     half_cache = [q, cache.astype(np.float16), cache, ok[3], scale]           # dtypes that differ
-    too_many_rows = [np.zeros((1, 2, 65, 8), np.float32), cache, cache, ok[3], scale]
+    rows_not_by_positions = [np.zeros((1, 2, 65, 8), np.float32), cache, cache, np.zeros((1, 1, 2, 5), bool), scale]
     assert call(simd_library.path, "glm_cached_attention", wider, q.shape)[0] == 3
     assert call(simd_library.path, "glm_cached_attention", half_cache, q.shape)[0] == 2
-    assert call(simd_library.path, "glm_cached_attention", too_many_rows, (1, 2, 65, 8))[0] == 3
+    assert call(simd_library.path, "glm_cached_attention", rows_not_by_positions, (1, 2, 65, 8))[0] == 3

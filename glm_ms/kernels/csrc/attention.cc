@@ -1,4 +1,4 @@
-// Decode attention over a slot-major static cache, read where it lies (no copy of the slots into heads-major order):
+// Attention over a slot-major static cache, read where it lies (no copy of the slots into heads-major order):
 //   glm_cached_attention(q [b, g, R, d], keys [C, b, g, d], values [C, b, g, d], mask bool [b, 1, s, W],
 //                        scale float32 [2]) -> out float32 [b, g, R, d]
 // q and the cache are both float32 or both float16; R = r * s rows per key/value group, head-major (row i is
@@ -6,8 +6,11 @@
 // q.k * scale[0], or scale[1] where the mask is set, then softmax over the W slots and the weighted sum of values,
 // all in float32 (the same values as glm_ms.cells.attention's MindSpore path, up to float32 rounding).
 //
-// Work is split by slots: the keys (or values) of one slot, every group, are contiguous, so each thread reads its
-// blocks of slots front to back. The weighted sums are per-thread partial sums, added up at the end.
+// A decode step or a short piece (R <= kMaxRows) splits the work by slots: the keys (or values) of one slot, every
+// group, are contiguous, so each thread reads its blocks of slots front to back; the weighted sums are per-thread
+// partial sums, added up at the end. A prompt chunk (more rows) splits it by blocks of kQueryBlock rows, each going
+// over the slots a block at a time with a running softmax (flash attention's rule): memory is O(rows * d) whatever
+// W, no scores of rows x W are ever held.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -20,7 +23,8 @@ namespace glm {
 namespace {
 
 constexpr int64_t kSlotBlock = 64;  // slots per work item (their values, one group, 32 KiB of float32 at d = 128)
-constexpr int64_t kMaxRows = 64;    // R: decode steps and short pieces (glm_ms.kernels.attention.MAX_ROWS)
+constexpr int64_t kMaxRows = 64;    // R up to which the work is split by slots (decode steps, short pieces)
+constexpr int64_t kQueryBlock = 64;   // rows per work item of a longer piece (their float32 sums: 32 KiB at d = 128)
 
 struct Shapes {
   int64_t b, g, R, d, C, s, W;
@@ -125,15 +129,13 @@ inline __m256 exp8(__m256 x) {
 }
 #endif
 
-// A row of scores -> exp(score - max) in place; returns 1 / sum.
-float softmax_row(float *row, int64_t n) {
-  float peak = row[0];
-  for (int64_t j = 1; j < n; j++) peak = std::max(peak, row[j]);
+// row[j] -> exp(row[j] - top) in place; returns their sum.
+float exp_shifted(float *row, int64_t n, float top) {
   float total = 0.0f;
   int64_t j = 0;
 #if GLM_SIMD
   __m256 acc = _mm256_setzero_ps();
-  const __m256 p = _mm256_set1_ps(peak);
+  const __m256 p = _mm256_set1_ps(top);
   for (; j + 8 <= n; j += 8) {
     const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row + j), p));
     _mm256_storeu_ps(row + j, e);
@@ -141,8 +143,15 @@ float softmax_row(float *row, int64_t n) {
   }
   total = hsum(acc);
 #endif
-  for (; j < n; j++) total += (row[j] = std::exp(row[j] - peak));
-  return 1.0f / total;
+  for (; j < n; j++) total += (row[j] = std::exp(row[j] - top));
+  return total;
+}
+
+// A row of scores -> exp(score - max) in place; returns 1 / sum.
+float softmax_row(float *row, int64_t n) {
+  float peak = row[0];
+  for (int64_t j = 1; j < n; j++) peak = std::max(peak, row[j]);
+  return 1.0f / exp_shifted(row, n, peak);
 }
 
 // acc[u][c] += sum over slots j of p[u * ldp + j] * v[j * ldv + c] for N <= 3 rows (acc row stride d), `slots`
@@ -211,6 +220,84 @@ void weigh_slots(const Shapes &t, const float *probs, const char *values, size_t
   }
 }
 
+
+// Rows i0..i1-1 of group gi, batch row bi, over slots 0..W-1 a block at a time (a running softmax): out[i] = the
+// softmax-weighted values of row i. scores holds kQueryBlock x kSlotBlock floats, keys/values kSlotBlock x d each
+// (float16 blocks are converted there; float32 ones are read where they lie).
+void attend_rows(const Shapes &t, const float *q, const char *keys, const char *values, size_t esize, bool half,
+                 const uint8_t *mask, float layer_scale, float masked, int64_t bi, int64_t gi, int64_t i0, int64_t i1,
+                 float *out, float *scores, float *kbuf, float *vbuf, float *peak, float *total) {
+  const int64_t bg = bi * t.g + gi, n = i1 - i0, ldc = t.b * t.g * t.d;  // ldc: slot stride in the cache
+  const int64_t cols = t.d / 32 * 32;
+  float *acc = out + (bg * t.R + i0) * t.d;
+  std::fill(acc, acc + n * t.d, 0.0f);
+  std::fill(peak, peak + n, -INFINITY);
+  std::fill(total, total + n, 0.0f);
+  for (int64_t j0 = 0; j0 < t.W; j0 += kSlotBlock) {
+    const int64_t m = std::min(kSlotBlock, t.W - j0);
+    const char *kfirst = keys + ((j0 * t.b + bi) * t.g + gi) * t.d * esize;
+    const char *vfirst = values + ((j0 * t.b + bi) * t.g + gi) * t.d * esize;
+    const float *k = (const float *)kfirst, *v = (const float *)vfirst;
+    int64_t ldk = ldc;
+    if (half) {
+      for (int64_t j = 0; j < m; j++) {
+        to_float(kfirst + j * ldc * esize, true, t.d, kbuf + j * t.d);
+        to_float(vfirst + j * ldc * esize, true, t.d, vbuf + j * t.d);
+      }
+      k = kbuf, v = vbuf, ldk = t.d;
+    }
+    for (int64_t i = 0; i < n; i += 4) {  // a quad of query rows stays in L1 while the block's keys go by
+      const int u = (int)std::min<int64_t>(4, n - i);
+      const float *qi = q + (bg * t.R + i0 + i) * t.d;
+      float dots[4];
+      for (int64_t j = 0; j < m; j++) {
+        switch (u) {
+          case 4: dot_rows<4>(qi, t.d, k + j * ldk, dots); break;
+          case 3: dot_rows<3>(qi, t.d, k + j * ldk, dots); break;
+          case 2: dot_rows<2>(qi, t.d, k + j * ldk, dots); break;
+          default: dot_rows<1>(qi, t.d, k + j * ldk, dots); break;
+        }
+        for (int x = 0; x < u; x++) scores[(i + x) * kSlotBlock + j] = dots[x] * layer_scale;
+      }
+    }
+    for (int64_t i = 0; i < n; i++) {
+      const uint8_t *mrow = mask + (bi * t.s + (i0 + i) % t.s) * t.W + j0;  // row i is query position i % s
+      float *row = scores + i * kSlotBlock;
+      float top = peak[i];
+      for (int64_t j = 0; j < m; j++) {
+        if (mrow[j]) row[j] = masked;
+        top = std::max(top, row[j]);
+      }
+      // A higher peak rescales what was summed so far by exp(old peak - new peak).
+      const float fade = std::exp(peak[i] - top);
+      peak[i] = top;
+      total[i] = total[i] * fade + exp_shifted(row, m, top);
+      if (fade != 1.0f)
+        for (int64_t c = 0; c < t.d; c++) acc[i * t.d + c] *= fade;
+    }
+    const int64_t ldv = half ? t.d : ldc;
+    for (int64_t i = 0; i < n; i += 3) {
+      const int u = (int)std::min<int64_t>(3, n - i);
+      const float *pi = scores + i * kSlotBlock;
+      for (int64_t c = 0; c < cols; c += 32) {
+        float *ai = acc + i * t.d + c;
+        switch (u) {
+          case 3: weigh_rows<3>(pi, kSlotBlock, v + c, ldv, t.d, m, ai); break;
+          case 2: weigh_rows<2>(pi, kSlotBlock, v + c, ldv, t.d, m, ai); break;
+          default: weigh_rows<1>(pi, kSlotBlock, v + c, ldv, t.d, m, ai); break;
+        }
+      }
+      for (int x = 0; x < u; x++)  // columns past the last multiple of 32
+        for (int64_t j = 0; j < m; j++)
+          for (int64_t c = cols; c < t.d; c++) acc[(i + x) * t.d + c] += pi[x * kSlotBlock + j] * v[j * ldv + c];
+    }
+  }
+  for (int64_t i = 0; i < n; i++) {
+    const float inverse = 1.0f / total[i];
+    for (int64_t c = 0; c < t.d; c++) acc[i * t.d + c] *= inverse;
+  }
+}
+
 }  // namespace
 }  // namespace glm
 
@@ -232,16 +319,38 @@ extern "C" int glm_cached_attention(int nparam, void **params, int *ndims, int64
   for (int p : {1, 2})
     if (c.dim(p, 1) != t.b || c.dim(p, 2) != t.g || c.dim(p, 3) != t.d) return kBadShape;
   if (c.dim(3, 0) != t.b || c.dim(3, 1) != 1 || t.W < 1 || t.W > t.C || t.s < 1 || t.R % t.s != 0 ||
-      t.R > kMaxRows || c.dim(4, 0) != 2)
+      c.dim(4, 0) != 2)
     return kBadShape;
   for (int d = 0; d < 4; d++)
     if (c.dim(5, d) != c.dim(0, d)) return kBadShape;
   const size_t esize = half ? 2 : 4;
   const float layer_scale = ((const float *)params[4])[0], masked = ((const float *)params[4])[1];
   const int64_t rows = t.b * t.g * t.R, blocks = (t.W + kSlotBlock - 1) / kSlotBlock;
-  std::vector<float> q((size_t)(rows * t.d)), scores((size_t)(rows * t.ld)), inverse((size_t)rows);
-  to_float(params[0], half, rows * t.d, q.data());
   float *out = (float *)params[5];
+  const float *q = (const float *)params[0];
+  std::vector<float> qf;
+  if (half) {
+    qf.resize((size_t)(rows * t.d));
+    to_float(params[0], true, rows * t.d, qf.data());
+    q = qf.data();
+  }
+  if (t.R > kMaxRows) {
+    const int64_t row_blocks = (t.R + kQueryBlock - 1) / kQueryBlock;
+#pragma omp parallel
+    {
+      std::vector<float> scores((size_t)(kQueryBlock * kSlotBlock)), kbuf((size_t)(kSlotBlock * t.d)),
+          vbuf((size_t)(kSlotBlock * t.d)), peak((size_t)kQueryBlock), total((size_t)kQueryBlock);
+#pragma omp for schedule(dynamic)
+      for (int64_t item = 0; item < t.b * t.g * row_blocks; item++) {
+        const int64_t i0 = (item % row_blocks) * kQueryBlock, bg = item / row_blocks;
+        attend_rows(t, q, (const char *)params[1], (const char *)params[2], esize, half, (const uint8_t *)params[3],
+                    layer_scale, masked, bg / t.g, bg % t.g, i0, std::min(t.R, i0 + kQueryBlock), out, scores.data(),
+                    kbuf.data(), vbuf.data(), peak.data(), total.data());
+      }
+    }
+    return kOk;
+  }
+  std::vector<float> scores((size_t)(rows * t.ld)), inverse((size_t)rows);
   // One partial sum per thread, added in thread order: the same inputs give the same bits on every call.
   std::vector<float> partials;
 #pragma omp parallel
@@ -252,7 +361,7 @@ extern "C" int glm_cached_attention(int nparam, void **params, int *ndims, int64
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < t.b * blocks; item++) {
       const int64_t j0 = (item % blocks) * kSlotBlock;
-      score_slots(t, q.data(), (const char *)params[1], esize, half, (const uint8_t *)params[3], layer_scale,
+      score_slots(t, q, (const char *)params[1], esize, half, (const uint8_t *)params[3], layer_scale,
                   masked, item / blocks, j0, std::min(t.W, j0 + kSlotBlock), scores.data(), block.data());
     }
 #pragma omp for schedule(static)
