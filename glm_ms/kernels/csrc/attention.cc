@@ -80,6 +80,16 @@ inline void dot_rows(const float *q, int64_t d, const float *k, float *out) {
   for (int i = 0; i < n; i++) out[i] = sum[i];
 }
 
+// dot_rows for n = 1..4 rows.
+inline void dot_upto4(int n, const float *q, int64_t d, const float *k, float *out) {
+  switch (n) {
+    case 4: dot_rows<4>(q, d, k, out); break;
+    case 3: dot_rows<3>(q, d, k, out); break;
+    case 2: dot_rows<2>(q, d, k, out); break;
+    default: dot_rows<1>(q, d, k, out); break;
+  }
+}
+
 // Scores [b, g, R, W] of slots j0..j1-1 of batch row bi, masked ones set to `masked`.
 void score_slots(const Shapes &t, const float *q, const char *keys, size_t esize, bool half, const uint8_t *mask,
                  float layer_scale, float masked, int64_t bi, int64_t j0, int64_t j1, float *scores, float *tmp) {
@@ -91,12 +101,7 @@ void score_slots(const Shapes &t, const float *q, const char *keys, size_t esize
       for (int64_t i = 0; i < t.R; i += 4) {
         const int n = (int)std::min<int64_t>(4, t.R - i);
         const float *qi = q + (bg * t.R + i) * t.d;
-        switch (n) {
-          case 4: dot_rows<4>(qi, t.d, k, out); break;
-          case 3: dot_rows<3>(qi, t.d, k, out); break;
-          case 2: dot_rows<2>(qi, t.d, k, out); break;
-          default: dot_rows<1>(qi, t.d, k, out); break;
-        }
+        dot_upto4(n, qi, t.d, k, out);
         for (int u = 0; u < n; u++) scores[(bg * t.R + i + u) * t.ld + j] = out[u] * layer_scale;
       }
     }
@@ -185,11 +190,32 @@ inline void weigh_rows(const float *p, int64_t ldp, const float *v, int64_t ldv,
 #endif
 }
 
+// acc[i][c] += sum over slots j of p[i * ldp + j] * v[j * ldv + c], for `rows` rows (acc row stride d) and
+// `slots` slots: weigh_rows over row triples and 32-column tiles, then the columns past the last multiple of 32.
+void weigh(const float *p, int64_t ldp, const float *v, int64_t ldv, int64_t d, int64_t slots, int64_t rows,
+           float *acc) {
+  const int64_t cols = d / 32 * 32;
+  for (int64_t i = 0; i < rows; i += 3) {
+    const int n = (int)std::min<int64_t>(3, rows - i);
+    const float *pi = p + i * ldp;
+    for (int64_t c = 0; c < cols; c += 32) {
+      float *ai = acc + i * d + c;
+      switch (n) {
+        case 3: weigh_rows<3>(pi, ldp, v + c, ldv, d, slots, ai); break;
+        case 2: weigh_rows<2>(pi, ldp, v + c, ldv, d, slots, ai); break;
+        default: weigh_rows<1>(pi, ldp, v + c, ldv, d, slots, ai); break;
+      }
+    }
+    for (int u = 0; u < n; u++)
+      for (int64_t j = 0; j < slots; j++)
+        for (int64_t c = cols; c < d; c++) acc[(i + u) * d + c] += pi[u * ldp + j] * v[j * ldv + c];
+  }
+}
+
 // partial[b, g, R, d] += probs of slots j0..j1-1 of batch row bi times their values: float32 values read where they
 // lie (slot stride b * g * d), float16 ones converted one group's block at a time into tmp.
 void weigh_slots(const Shapes &t, const float *probs, const char *values, size_t esize, bool half, int64_t bi,
                  int64_t j0, int64_t j1, float *partial, float *tmp) {
-  const int64_t cols = t.d / 32 * 32;
   for (int64_t gi = 0; gi < t.g; gi++) {
     const char *first = values + (((j0 * t.b + bi) * t.g + gi) * t.d) * esize;
     const float *v = (const float *)first;
@@ -200,23 +226,7 @@ void weigh_slots(const Shapes &t, const float *probs, const char *values, size_t
       ldv = t.d;
     }
     const int64_t bg = bi * t.g + gi;
-    const float *p = probs + bg * t.R * t.ld + j0;
-    float *acc = partial + bg * t.R * t.d;
-    for (int64_t i = 0; i < t.R; i += 3) {
-      const int n = (int)std::min<int64_t>(3, t.R - i);
-      for (int64_t c = 0; c < cols; c += 32) {
-        const float *pi = p + i * t.ld;
-        float *ai = acc + i * t.d + c;
-        switch (n) {
-          case 3: weigh_rows<3>(pi, t.ld, v + c, ldv, t.d, j1 - j0, ai); break;
-          case 2: weigh_rows<2>(pi, t.ld, v + c, ldv, t.d, j1 - j0, ai); break;
-          default: weigh_rows<1>(pi, t.ld, v + c, ldv, t.d, j1 - j0, ai); break;
-        }
-      }
-      for (int u = 0; u < n; u++)  // columns past the last multiple of 32
-        for (int64_t j = 0; j < j1 - j0; j++)
-          for (int64_t c = cols; c < t.d; c++) acc[(i + u) * t.d + c] += p[(i + u) * t.ld + j] * v[j * ldv + c];
-    }
+    weigh(probs + bg * t.R * t.ld + j0, t.ld, v, ldv, t.d, j1 - j0, t.R, partial + bg * t.R * t.d);
   }
 }
 
@@ -228,7 +238,6 @@ void attend_rows(const Shapes &t, const float *q, const char *keys, const char *
                  const uint8_t *mask, float layer_scale, float masked, int64_t bi, int64_t gi, int64_t i0, int64_t i1,
                  float *out, float *scores, float *kbuf, float *vbuf, float *peak, float *total) {
   const int64_t bg = bi * t.g + gi, n = i1 - i0, ldc = t.b * t.g * t.d;  // ldc: slot stride in the cache
-  const int64_t cols = t.d / 32 * 32;
   float *acc = out + (bg * t.R + i0) * t.d;
   std::fill(acc, acc + n * t.d, 0.0f);
   std::fill(peak, peak + n, -INFINITY);
@@ -251,12 +260,7 @@ void attend_rows(const Shapes &t, const float *q, const char *keys, const char *
       const float *qi = q + (bg * t.R + i0 + i) * t.d;
       float dots[4];
       for (int64_t j = 0; j < m; j++) {
-        switch (u) {
-          case 4: dot_rows<4>(qi, t.d, k + j * ldk, dots); break;
-          case 3: dot_rows<3>(qi, t.d, k + j * ldk, dots); break;
-          case 2: dot_rows<2>(qi, t.d, k + j * ldk, dots); break;
-          default: dot_rows<1>(qi, t.d, k + j * ldk, dots); break;
-        }
+        dot_upto4(u, qi, t.d, k + j * ldk, dots);
         for (int x = 0; x < u; x++) scores[(i + x) * kSlotBlock + j] = dots[x] * layer_scale;
       }
     }
@@ -275,22 +279,7 @@ void attend_rows(const Shapes &t, const float *q, const char *keys, const char *
       if (fade != 1.0f)
         for (int64_t c = 0; c < t.d; c++) acc[i * t.d + c] *= fade;
     }
-    const int64_t ldv = half ? t.d : ldc;
-    for (int64_t i = 0; i < n; i += 3) {
-      const int u = (int)std::min<int64_t>(3, n - i);
-      const float *pi = scores + i * kSlotBlock;
-      for (int64_t c = 0; c < cols; c += 32) {
-        float *ai = acc + i * t.d + c;
-        switch (u) {
-          case 3: weigh_rows<3>(pi, kSlotBlock, v + c, ldv, t.d, m, ai); break;
-          case 2: weigh_rows<2>(pi, kSlotBlock, v + c, ldv, t.d, m, ai); break;
-          default: weigh_rows<1>(pi, kSlotBlock, v + c, ldv, t.d, m, ai); break;
-        }
-      }
-      for (int x = 0; x < u; x++)  // columns past the last multiple of 32
-        for (int64_t j = 0; j < m; j++)
-          for (int64_t c = cols; c < t.d; c++) acc[(i + x) * t.d + c] += pi[x * kSlotBlock + j] * v[j * ldv + c];
-    }
+    weigh(scores, kSlotBlock, v, half ? t.d : ldc, t.d, m, n, acc);
   }
   for (int64_t i = 0; i < n; i++) {
     const float inverse = 1.0f / total[i];
