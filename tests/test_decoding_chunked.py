@@ -4,6 +4,7 @@ max_length past the model's positions is refused."""
 import numpy as np
 import pytest
 
+from glm_ms import decoding
 from glm_ms.cells import attention
 from glm_ms.decoding import DecodeState, Decoder, kv_bucket, prompt_spans
 from glm_ms.errors import GenerationError
@@ -98,9 +99,9 @@ def test_pieces_and_steps_read_only_what_is_in_use(family, compiled):
     spans = prompt_spans(seq - 1 if compiled else seq, dividing)
     assert [p.compiled for p in decoder.pieces] == [False] * len(spans) + [True] * compiled
     for (start, stop), piece in zip(spans, decoder.pieces):
-        assert piece.inputs.mask.shape[2:] == (stop - start, stop) and stop < capacity  # never prompt × capacity
+        assert piece.inputs().mask.shape[2:] == (stop - start, stop) and stop < capacity  # never prompt × capacity
     if compiled:
-        assert decoder.pieces[-1].inputs.mask.shape[2:] == (1, kv_bucket(seq, capacity))
+        assert decoder.pieces[-1].inputs().mask.shape[2:] == (1, kv_bucket(seq, capacity))
     state = DecodeState(lm, mask, positions, capacity, limit, bucketed=compiled)
     widths = [state.advance(np.zeros(1, np.int64)).mask.shape[-1] for _ in range(2)]
     assert widths == ([kv_bucket(seq + 1, capacity), kv_bucket(seq + 2, capacity)] if compiled else [seq + 1, seq + 2])
@@ -112,6 +113,24 @@ def test_pieces_and_steps_read_only_what_is_in_use(family, compiled):
     small_following = small.step(token)
     np.testing.assert_allclose(logits, small_logits, rtol=0, atol=1e-5 * np.abs(small_logits).max())
     np.testing.assert_allclose(following, small_following, rtol=0, atol=1e-5 * np.abs(small_following).max())
+
+
+def test_a_piece_is_built_when_it_runs(family, monkeypatch):
+    lm = long_model(family)
+    ids, dividing, _ = _prompt(family)
+    mask, positions = lm.prompt_inputs(lm.check_ids(ids))
+    built = []  # (start, stop) of each piece, when it is built
+    real = decoding.exact_piece
+
+    def spy(*args):
+        built.append(args[-2:])
+        return real(*args)
+
+    monkeypatch.setattr(decoding, "exact_piece", spy)
+    decoder = Decoder(lm, ids, mask, positions, ids.shape[1] + 1, False, dividing)
+    assert built == []  # a long prompt's piece masks would otherwise all be held at once
+    decoder.prefill()
+    assert built == prompt_spans(ids.shape[1], dividing)
 
 
 def test_a_dense_mask_is_prefilled_in_one_piece():
