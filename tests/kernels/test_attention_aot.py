@@ -1,7 +1,7 @@
 """The cache-attention kernel of both builds, called directly, against a float64 reference: decode steps (work split
 by slots) and prompt chunks (more than 64 rows per group: row blocks with a running softmax), odd head sizes, rows
 that are not a multiple of the register tiles, widths past a slot block, float16 caches, every slot masked in a
-row, and clear return codes for inputs it does not take."""
+row, slots past the last one seen left unread, and clear return codes for inputs it does not take."""
 import numpy as np
 import pytest
 
@@ -42,6 +42,25 @@ def test_cached_attention_matches_float64(library, dtype, b, g, r, s, d, capacit
     rc, out = call(library.path, "glm_cached_attention", [q, keys, values, mask, scale], q.shape)
     assert rc == 0
     want = reference(q, keys, values, mask, 1.5)
+    np.testing.assert_allclose(out, want, atol=1e-5 * np.abs(want).max(), rtol=0)
+
+
+@pytest.mark.parametrize("rows", [1, 100])  # a decode step (split by slots) and a chunk (row blocks)
+def test_slots_past_the_last_one_seen_are_not_read(library, rows):
+    rng = np.random.default_rng(rows)
+    b, g, d, width, used = 2, 2, 24, 300, 131  # a long bucketed prefix, of which the first `used` slots are in use
+    q = rng.standard_normal((b, g, rows, d)).astype(np.float32)
+    keys = rng.standard_normal((width, b, g, d)).astype(np.float32)
+    values = rng.standard_normal((width, b, g, d)).astype(np.float32)
+    keys[used:] = values[used:] = np.nan  # what a read of them would spread
+    mask = np.ones((b, 1, rows, width), bool)
+    mask[..., :used] = rng.random((b, 1, rows, used)) < 0.3
+    mask[0, 0, :, used - 1] = False  # the last slot in use is seen
+    mask[1, 0, 0, :] = True          # a row that sees nothing
+    scale = np.array([0.5, MASKED * 0.5], np.float32)
+    rc, out = call(library.path, "glm_cached_attention", [q, keys, values, mask, scale], q.shape)
+    assert rc == 0
+    want = reference(q, keys[:used], values[:used], mask[..., :used], 0.5)
     np.testing.assert_allclose(out, want, atol=1e-5 * np.abs(want).max(), rtol=0)
 
 

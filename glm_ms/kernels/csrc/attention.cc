@@ -2,9 +2,9 @@
 //   glm_cached_attention(q [b, g, R, d], keys [C, b, g, d], values [C, b, g, d], mask bool [b, 1, s, W],
 //                        scale float32 [2]) -> out float32 [b, g, R, d]
 // q and the cache are both float32 or both float16; R = r * s rows per key/value group, head-major (row i is
-// query position i % s); only slots 0..W-1 are read (W <= C). scale = (layer scale, masked score): a score is
-// q.k * scale[0], or scale[1] where the mask is set, then softmax over the W slots and the weighted sum of values,
-// all in float32 (the same values as glm_ms.cells.attention's MindSpore path, up to float32 rounding).
+// query position i % s); of slots 0..W-1 (W <= C) none after the last one a row sees is read. scale = (layer
+// scale, masked score): a score is q.k * scale[0], or scale[1] where the mask is set, then softmax over the W
+// slots and the weighted sum of values, all in float32 (the same values as glm_ms.cells.attention's MindSpore path, up to float32 rounding).
 //
 // A decode step or a short piece (R <= kMaxRows) splits the work by slots: the keys (or values) of one slot, every
 // group, are contiguous, so each thread reads its blocks of slots front to back; the weighted sums are per-thread
@@ -27,7 +27,8 @@ constexpr int64_t kMaxRows = 64;    // R up to which the work is split by slots 
 constexpr int64_t kQueryBlock = 64;   // rows per work item of a longer piece (their float32 sums: 32 KiB at d = 128)
 
 struct Shapes {
-  int64_t b, g, R, d, C, s, W;
+  int64_t b, g, R, d, C, s, W;  // W: slots read (see seen_width)
+  int64_t mw;  // mask row width: the W the caller passed
   int64_t ld;  // row stride of the scores: W padded so that rows do not share L1 sets (W = 2^n aliases)
 };
 
@@ -107,7 +108,7 @@ void score_slots(const Shapes &t, const float *q, const char *keys, size_t esize
     }
   for (int64_t gi = 0; gi < t.g; gi++)
     for (int64_t i = 0; i < t.R; i++) {  // row i is query position i % s
-      const uint8_t *m = mask + (bi * t.s + i % t.s) * t.W;
+      const uint8_t *m = mask + (bi * t.s + i % t.s) * t.mw;
       float *row = scores + ((bi * t.g + gi) * t.R + i) * t.ld;
       for (int64_t j = j0; j < j1; j++)
         if (m[j]) row[j] = masked;
@@ -265,7 +266,7 @@ void attend_rows(const Shapes &t, const float *q, const char *keys, const char *
       }
     }
     for (int64_t i = 0; i < n; i++) {
-      const uint8_t *mrow = mask + (bi * t.s + (i0 + i) % t.s) * t.W + j0;  // row i is query position i % s
+      const uint8_t *mrow = mask + (bi * t.s + (i0 + i) % t.s) * t.mw + j0;  // row i is query position i % s
       float *row = scores + i * kSlotBlock;
       float top = peak[i];
       for (int64_t j = 0; j < m; j++) {
@@ -287,6 +288,23 @@ void attend_rows(const Shapes &t, const float *q, const char *keys, const char *
   }
 }
 
+// 1 + the last slot any of the `rows` mask rows (width w) sees, or w when none sees one. The slots after it are
+// masked for every row: each adds exp(masked - peak) = 0 to the sums (masked is -10000 times the layer scale,
+// hundreds below any seen score, so its exp underflows), so they are left unread and a step over a long bucketed prefix costs what
+// the slots in use cost.
+int64_t seen_width(const uint8_t *mask, int64_t rows, int64_t w) {
+  int64_t seen = 0;
+  for (int64_t r = 0; r < rows; r++) {
+    const uint8_t *m = mask + r * w;
+    for (int64_t j = w - 1; j >= seen; j--)
+      if (!m[j]) {
+        seen = j + 1;
+        break;
+      }
+  }
+  return seen > 0 ? seen : w;
+}
+
 }  // namespace
 }  // namespace glm
 
@@ -303,8 +321,7 @@ extern "C" int glm_cached_attention(int nparam, void **params, int *ndims, int64
     return kBadDtype;
   if (ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 4 || ndims[4] != 1 || ndims[5] != 4)
     return kBadShape;
-  const Shapes t{c.dim(0, 0), c.dim(0, 1), c.dim(0, 2), c.dim(0, 3), c.dim(1, 0), c.dim(3, 2), c.dim(3, 3),
-                 (c.dim(3, 3) + 15) / 16 * 16 + 16};
+  Shapes t{c.dim(0, 0), c.dim(0, 1), c.dim(0, 2), c.dim(0, 3), c.dim(1, 0), c.dim(3, 2), c.dim(3, 3), c.dim(3, 3), 0};
   for (int p : {1, 2})
     if (c.dim(p, 1) != t.b || c.dim(p, 2) != t.g || c.dim(p, 3) != t.d) return kBadShape;
   if (c.dim(3, 0) != t.b || c.dim(3, 1) != 1 || t.W < 1 || t.W > t.C || t.s < 1 || t.R % t.s != 0 ||
@@ -312,6 +329,8 @@ extern "C" int glm_cached_attention(int nparam, void **params, int *ndims, int64
     return kBadShape;
   for (int d = 0; d < 4; d++)
     if (c.dim(5, d) != c.dim(0, d)) return kBadShape;
+  t.W = seen_width((const uint8_t *)params[3], t.b * t.s, t.mw);
+  t.ld = (t.W + 15) / 16 * 16 + 16;
   const size_t esize = half ? 2 : 4;
   const float layer_scale = ((const float *)params[4])[0], masked = ((const float *)params[4])[1];
   const int64_t rows = t.b * t.g * t.R, blocks = (t.W + kSlotBlock - 1) / kSlotBlock;
