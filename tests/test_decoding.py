@@ -141,7 +141,7 @@ def test_padded_prompt_keeps_eager_slots_and_masks(model, golden):
     mask = rule.rows(0, ids.shape[1])
     dec = Decoder(model, ids, rule, positions, max_length=40, compiled=True)
     assert len(dec.pieces) == 1 and dec.pieces[0].compiled
-    prompt = dec.pieces[0].inputs
+    prompt = dec.pieces[0].inputs()
     seq, width, cap = ids.shape[1], prompt.ids.shape[1], dec.state.capacity
     assert (width, cap) == (16, 64)
     pad = width - seq
