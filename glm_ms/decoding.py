@@ -6,13 +6,14 @@ chunk (`PREFILL_CHUNK` by default) is prefilled in pieces, each against the cach
 so no step holds more than chunk × context scores. The compiled path runs `model.forward_step` (of any
 family) followed by the choice of the next token as one static-shape MindSpore graph, so a decode step is one
 graph launch and one read of `batch` token ids. Shapes are static per (batch, prompt bucket, slots read), so a
-run compiles a prefill graph for a short prompt and a decode graph per doubling of the slots read, and later
-runs in the same buckets compile nothing:
+run compiles a prefill graph for a short prompt and one decode graph (one per doubling past `DECODE_READ`
+slots), and later runs in the same buckets compile nothing:
 
 - a short prompt is left-padded to a bucket; the pads are written to the *last* cache slots and masked for every
   real row, so real tokens keep the slots, positions and mask of the eager path (cache slot i = token i);
 - a long prompt's pieces run eagerly and its last token as a decode-shaped graph (see `prefill_pieces`);
-- the cache capacity is max_length rounded up to a bucket; a step reads a power-of-two prefix of it;
+- the cache capacity is max_length rounded up to a bucket; a step reads a power-of-two prefix of it (at least
+  `DECODE_READ` slots for a decode step);
 - token ids, positions, cache slots, masks, temperature, top-p and the sampling uniforms are tensors: no
   Python value that changes between steps is baked into a graph.
 """
@@ -34,6 +35,8 @@ from mindspore import Tensor, nn, ops  # noqa: E402
 
 BUCKET_STEP = 256  # powers of two up to here, then multiples of it: at most 255 wasted slots past 256
 PREFILL_CHUNK = 512  # prompt tokens per prefill piece: longer prompts are prefilled piece by piece
+DECODE_READ = 2048  # cache slots a compiled decode step reads at the least (see kv_bucket)
+PROMPT_READ = 64    # ... and a compiled prompt: its scores are rows x slots on the MindSpore-ops path
 _INF = float("inf")
 
 
@@ -264,13 +267,16 @@ def graph_compilations(model: nn.Cell) -> int:
 # ----------------------------------------------------------------------------- the decoder both paths share
 
 
-def kv_bucket(used: int, capacity: int) -> int:
-    """Cache slots a compiled step reads to cover `used` slots: a power of two from 64, at most the capacity.
+def kv_bucket(used: int, capacity: int, smallest: int = DECODE_READ) -> int:
+    """Cache slots a compiled step reads to cover `used` slots: a power of two from `smallest`, at most the capacity.
 
     Powers of two keep the graphs of a long run few (one per doubling) at the price of reading up to twice the
-    slots in use; the slots past those in use are masked.
+    slots in use; the slots past those in use are masked. A decode step reads at least DECODE_READ slots, so a
+    run that stays within them (ChatGLM-6B's whole 2048-token context) has one decode graph: on GE each graph is
+    minutes of compile. The CPU attention kernel leaves masked slots past the last one in use unread; elsewhere
+    the read is small beside the weights' (ChatGLM2-6B: 2048 slots x 28 layers x 2 x 256 x 2 bytes = 59 MB).
     """
-    return min(capacity, max(64, 1 << (max(int(used), 1) - 1).bit_length()))
+    return min(capacity, max(smallest, 1 << (max(int(used), 1) - 1).bit_length()))
 
 
 def prompt_spans(seq: int, chunk: int) -> list[tuple[int, int]]:
@@ -299,7 +305,7 @@ def bucketed_prompt(ids: np.ndarray, mask: PromptMask, positions: np.ndarray, ca
     """
     batch, seq = ids.shape
     pad = bucket(seq) - seq
-    width = kv_bucket(seq, capacity)
+    width = kv_bucket(seq, capacity, PROMPT_READ)
     slots = np.concatenate([np.arange(capacity - pad, capacity), np.arange(seq)])
     padded_ids = np.concatenate([np.zeros((batch, pad), np.int64), ids], axis=1)
     padded_positions = np.pad(positions, [(0, 0)] * (positions.ndim - 1) + [(pad, 0)])

@@ -16,7 +16,7 @@ def test_after_warmup_a_chat_compiles_nothing():
     from glm_ms import AutoModel
     fresh = AutoModel.from_pretrained(FAMILY_FOLDERS["chatglm-6b"], dtype="float32")
     compiled = fresh.warmup(max_length=96)
-    widths = {kv_bucket(n, bucket(96, smallest=64)) for n in range(1, 97)}  # decode graphs: 64 and 128 slots read
+    widths = {kv_bucket(n, bucket(96, smallest=64)) for n in range(1, 97)}  # decode graphs: one per cache prefix read
     assert compiled == len({bucket(n) for n in range(1, 96)}) + len(widths) == graph_compilations(fresh)
     tokenizer = tiny("chatglm-6b").tokenizer
     history = []
