@@ -82,7 +82,7 @@ class CausalLM(nn.Cell):
         raise NotImplementedError
 
     def position_tables(self) -> nn.Cell:
-        """The rotary Cell whose `ensure(n)` grows its tables to n positions."""
+        """The rotary Cell whose `ensure(n, dtype)` grows its tables to n positions, kept in `dtype`."""
         raise NotImplementedError
 
     def prompt_inputs(self, ids: np.ndarray, attention_mask: Any = None,
@@ -117,7 +117,7 @@ class CausalLM(nn.Cell):
         With a P-tuning prefix every row holds it first: `prefix_length` more slots, filled here.
         """
         pre = self.prefix_length
-        self.position_tables().ensure(capacity + 1)  # positions are not shifted by a prefix (as upstream)
+        self.position_tables().ensure(capacity + 1, self.compute_dtype)  # positions are not shifted by a prefix
         np_dtype = np.float16 if self.compute_dtype == ms.float16 else np.float32
         slots = Tensor(np.arange(pre, dtype=np.int32))
         for i, attention in enumerate(self.attention_layers()):

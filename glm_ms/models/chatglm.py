@@ -41,14 +41,18 @@ class RotaryEmbedding2D(nn.Cell):
         super().__init__()
         self.rotary_dim = rotary_dim
         self.num_positions = 0
+        self.cos = self.sin = None
         self.ensure(num_positions)
 
-    def ensure(self, num_positions: int) -> None:
-        """Grow the tables to cover positions [0, num_positions) (upstream recomputes them on demand)."""
-        if num_positions > self.num_positions:
-            cos, sin = rotary_tables(self.rotary_dim, num_positions)
-            self.cos, self.sin = Tensor(cos), Tensor(sin)
-            self.num_positions = num_positions
+    def ensure(self, num_positions: int, dtype: ms.Type = ms.float32) -> None:
+        """Tables covering positions [0, num_positions) in `dtype` (upstream recomputes them on demand).
+
+        Kept in the compute dtype, the rows a step gathers need no Cast (a Cast commutes with a gather).
+        """
+        if num_positions > self.num_positions or self.cos.dtype != dtype:
+            self.num_positions = max(num_positions, self.num_positions)
+            cos, sin = rotary_tables(self.rotary_dim, self.num_positions)
+            self.cos, self.sin = Tensor(cos).astype(dtype), Tensor(sin).astype(dtype)
 
     def construct(self, position_ids, dtype):
         """position_ids [b, 2, s] → cos, sin [b, s, 1, 2 * rotary_dim] in `dtype`."""

@@ -53,14 +53,15 @@ class PairRotaryEmbedding(nn.Cell):
         self.base = base
         self.position_scale = position_scale
         self.num_positions = 0
+        self.cos = self.sin = None
         self.ensure(num_positions)
 
-    def ensure(self, num_positions: int) -> None:
-        """Grow the tables to cover positions [0, num_positions)."""
-        if num_positions > self.num_positions:
-            cos, sin = pair_rotary_tables(self.rotary_dim, num_positions, self.base, self.position_scale)
-            self.cos, self.sin = Tensor(cos), Tensor(sin)
-            self.num_positions = num_positions
+    def ensure(self, num_positions: int, dtype: ms.Type = ms.float32) -> None:
+        """Tables covering positions [0, num_positions) in `dtype` (the compute dtype: no Cast of gathered rows)."""
+        if num_positions > self.num_positions or self.cos.dtype != dtype:
+            self.num_positions = max(num_positions, self.num_positions)
+            cos, sin = pair_rotary_tables(self.rotary_dim, self.num_positions, self.base, self.position_scale)
+            self.cos, self.sin = Tensor(cos).astype(dtype), Tensor(sin).astype(dtype)
 
     def construct(self, position_ids, dtype):
         """position_ids [b, s] → cos, sin [b, s, 1, rotary_dim // 2, 1] in `dtype` (upstream casts the cache too)."""
