@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import random
 import shutil
 import sys
 import tarfile
@@ -250,8 +251,8 @@ def test_corrupted_storage_bytes(tmp_path):
         load_torch_file(path)
 
 
-@pytest.mark.parametrize("content", [b"", b"hello, this is not a checkpoint\n" * 10, os.urandom(4096),
-                                     b"PK\x03\x04" + b"\x00" * 100])
+@pytest.mark.parametrize("content", [b"", b"hello, this is not a checkpoint\n" * 10, random.Random(0).randbytes(4096),
+                                     b"PK\x03\x04" + b"\x00" * 100], ids=["empty", "text", "random", "zip-magic"])
 def test_garbage_file(tmp_path, content):
     path = tmp_path / "garbage.bin"
     path.write_bytes(content)
