@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for the whole test set-up on a fresh machine: a C++ compiler for the CPU kernels, a browser for the
-# UI test, Python deps, pytest.
+# UI test, Python deps, pytest on two workers (each test file runs whole in one of them; $GLM_MS_TEST_WORKERS sets
+# how many, 0 runs in this process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -11,4 +12,4 @@ if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/nu
         || echo "warning: could not install ${missing[*]}; without g++ the kernel tests fail; without chromium the browser test is skipped" >&2
 fi
 python3 -m pip install -q -e ".[app,serve,ray,test]"
-python3 -m pytest -q "$@"
+python3 -m pytest -q -n "${GLM_MS_TEST_WORKERS:-2}" --dist loadfile "$@"
