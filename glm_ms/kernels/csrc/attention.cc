@@ -4,7 +4,8 @@
 // q and the cache are both float32 or both float16; R = r * s rows per key/value group, head-major (row i is
 // query position i % s); of slots 0..W-1 (W <= C) none after the last one a row sees is read. scale = (layer
 // scale, masked score): a score is q.k * scale[0], or scale[1] where the mask is set, then softmax over the W
-// slots and the weighted sum of values, all in float32 (the same values as glm_ms.cells.attention's MindSpore path, up to float32 rounding).
+// slots and the weighted sum of values, all in float32 (the same values as glm_ms.cells.attention's MindSpore
+// path, up to float32 rounding).
 //
 // A decode step or a short piece (R <= kMaxRows) splits the work by slots: the keys (or values) of one slot, every
 // group, are contiguous, so each thread reads its blocks of slots front to back; the weighted sums are per-thread
@@ -290,8 +291,8 @@ void attend_rows(const Shapes &t, const float *q, const char *keys, const char *
 
 // 1 + the last slot any of the `rows` mask rows (width w) sees, or w when none sees one. The slots after it are
 // masked for every row: each adds exp(masked - peak) = 0 to the sums (masked is -10000 times the layer scale,
-// hundreds below any seen score, so its exp underflows), so they are left unread and a step over a long bucketed prefix costs what
-// the slots in use cost.
+// hundreds below any seen score, so its exp underflows). They are left unread, so a step over a long bucketed
+// prefix costs what the slots in use cost.
 int64_t seen_width(const uint8_t *mask, int64_t rows, int64_t w) {
   int64_t seen = 0;
   for (int64_t r = 0; r < rows; r++) {
