@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append({"kernel": name, "rows": rows, "n": n, "k": args.k, **timing,
                                 "weight_mb": round(nbytes / 1e6, 2),
                                 "numpy_bound_ms": round(nbytes / gbps / 1e6, 4)})
-    print(json.dumps({"library": str(library.path) if library else None, "simd": bool(library and library.simd),
+    print(json.dumps({"library": str(library.path) if library else None, "level": library.level if library else None,
                       "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                       "numpy_read_gb_per_s": round(gbps, 2), "results": results}, indent=1))
     return 0

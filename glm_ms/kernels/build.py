@@ -21,8 +21,12 @@ from glm_ms.files import file_lock
 
 SOURCES = Path(__file__).resolve().parent / "csrc"
 COMMON_FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-shared", "-fPIC")
-SIMD_FLAGS = ("-mavx2", "-mfma", "-mf16c")
-SIMD_CPU_FLAGS = ("avx2", "fma", "f16c")  # /proc/cpuinfo names of what SIMD_FLAGS let the compiler use
+_AVX2 = (("-mavx2", "-mfma", "-mf16c"), ("avx2", "fma", "f16c"))
+_AVX512 = (_AVX2[0] + ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"),
+           _AVX2[1] + ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"))
+# Build levels, weakest first: g++ flags, and the /proc/cpuinfo names of what those flags let the compiler use.
+# avx512 widens the kernels' inner loops to 16 floats / 32 int16 and fuses fast mode's multiply-adds (VNNI).
+LEVELS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {"portable": ((), ()), "avx2": _AVX2, "avx512": _AVX512}
 PREFIX = "glm_ms_kernels-"
 INSTALL_HINT = ("install a C++ compiler with OpenMP (Debian/Ubuntu: `apt-get install g++`; Fedora: `dnf install "
                 "gcc-c++`) or point $GLM_MS_CXX at one; $GLM_MS_KERNELS=off uses the slower MindSpore-ops path")
@@ -34,14 +38,18 @@ class KernelBuildError(GlmMsError, RuntimeError):
 
 @dataclass(frozen=True)
 class KernelLibrary:
-    """A built kernel library: the shared object and whether it uses AVX2/FMA/F16C."""
+    """A built kernel library: the shared object and its build level (a key of LEVELS)."""
     path: Path
-    simd: bool
+    level: str
+
+
+def _setting() -> str:
+    return os.environ.get("GLM_MS_KERNELS", "").strip().lower()
 
 
 def kernels_enabled() -> bool:
     """False when $GLM_MS_KERNELS is "off" (or 0/false/no): callers then use MindSpore ops only."""
-    return os.environ.get("GLM_MS_KERNELS", "").strip().lower() not in ("off", "0", "false", "no")
+    return _setting() not in ("off", "0", "false", "no")
 
 
 def cache_dir() -> Path:
@@ -55,22 +63,29 @@ def compiler() -> str:
     return os.environ.get("GLM_MS_CXX") or "g++"
 
 
-def cpu_has_simd(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
-    """Whether this CPU reports AVX2, FMA and F16C (False where /proc/cpuinfo cannot be read)."""
+def cpu_level(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """The strongest build level this CPU's flags allow ("portable" where /proc/cpuinfo cannot be read)."""
     try:
         text = Path(cpuinfo).read_text(errors="replace")
     except OSError:
-        return False
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.partition(":")[2].split())
-            return all(flag in flags for flag in SIMD_CPU_FLAGS)
-    return False
+        return "portable"
+    flags = next((set(line.partition(":")[2].split()) for line in text.splitlines() if line.startswith("flags")),
+                 set())
+    return [name for name, (_, needs) in LEVELS.items() if set(needs) <= flags][-1]
 
 
-def build_flags(simd: bool) -> tuple[str, ...]:
-    """g++ flags of the SIMD build or of the portable scalar one."""
-    return COMMON_FLAGS + (SIMD_FLAGS if simd else ())
+def default_level(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """cpu_level(), capped by $GLM_MS_KERNELS when it names a weaker level (e.g. avx2 to compare builds)."""
+    best, cap = cpu_level(cpuinfo), _setting()
+    names = list(LEVELS)
+    return names[min(names.index(best), names.index(cap))] if cap in LEVELS else best
+
+
+def build_flags(level: str) -> tuple[str, ...]:
+    """g++ flags of a build level."""
+    if level not in LEVELS:
+        raise KernelBuildError(f"unknown kernel build level {level!r}: one of {', '.join(LEVELS)}")
+    return COMMON_FLAGS + LEVELS[level][0]
 
 
 def source_files() -> list[Path]:
@@ -90,22 +105,22 @@ def compiler_version(cxx: str) -> str:
     return out.stdout
 
 
-def library_name(simd: bool, cxx: str, version: str) -> str:
+def library_name(level: str, cxx: str, version: str) -> str:
     """File name of the library for these sources, flags and compiler."""
     digest = hashlib.sha256()
-    for part in (cxx, version, " ".join(build_flags(simd))):
+    for part in (cxx, version, " ".join(build_flags(level))):
         digest.update(part.encode() + b"\0")
     for path in source_files():
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return f"{PREFIX}{'avx2' if simd else 'portable'}-{digest.hexdigest()[:16]}.so"
+    return f"{PREFIX}{level}-{digest.hexdigest()[:16]}.so"
 
 
-def _compile(cxx: str, simd: bool, target: Path) -> None:
+def _compile(cxx: str, level: str, target: Path) -> None:
     # Into a temporary name in the same folder, then one rename: a reader sees no file or a whole one.
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        cmd = [cxx, *build_flags(simd), "-o", tmp, *(str(p) for p in source_files() if p.suffix == ".cc")]
+        cmd = [cxx, *build_flags(level), "-o", tmp, *(str(p) for p in source_files() if p.suffix == ".cc")]
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as err:
@@ -119,21 +134,21 @@ def _compile(cxx: str, simd: bool, target: Path) -> None:
             os.unlink(tmp)
 
 
-def build_library(cxx: str | None = None, simd: bool | None = None, cache: Path | None = None) -> KernelLibrary:
+def build_library(cxx: str | None = None, level: str | None = None, cache: Path | None = None) -> KernelLibrary:
     """The kernel library for this CPU, compiled now unless the cache already holds it.
 
-    cxx defaults to `compiler()`, simd to `cpu_has_simd()`, cache to `cache_dir()`; raises KernelBuildError.
+    cxx defaults to `compiler()`, level to `default_level()`, cache to `cache_dir()`; raises KernelBuildError.
     """
     cxx = cxx or compiler()
-    simd = cpu_has_simd() if simd is None else simd
+    level = level or default_level()
     cache = Path(cache) if cache is not None else cache_dir()
-    target = cache / library_name(simd, cxx, compiler_version(cxx))
+    target = cache / library_name(level, cxx, compiler_version(cxx))
     try:
         cache.mkdir(parents=True, exist_ok=True)
         if not target.exists():
             with file_lock(cache / ".lock"):
                 if not target.exists():  # another process may have built it while we waited
-                    _compile(cxx, simd, target)
+                    _compile(cxx, level, target)
     except OSError as err:
         raise KernelBuildError(f"cannot write the kernel cache {cache} ({err}); set $GLM_MS_CACHE to a writable "
                                "folder") from err
@@ -142,7 +157,7 @@ def build_library(cxx: str | None = None, simd: bool | None = None, cache: Path 
     except OSError as err:
         raise KernelBuildError(f"the CPU kernels at {target} do not load ({err}); rebuild them with "
                                "`python -m glm_ms.kernels.build --rebuild`") from err
-    return KernelLibrary(target, simd)
+    return KernelLibrary(target, level)
 
 
 def clear_cache(cache: Path | None = None) -> int:
@@ -173,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     except KernelBuildError as err:
         print(f"error: {err}")
         return 1
-    print(f"{lib.path} ({'AVX2/FMA/F16C' if lib.simd else 'portable'})")
+    print(f"{lib.path} ({lib.level} build)")
     return 0
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from glm_ms.kernels import build_library, dequantize_rows, quantize_rows
+from glm_ms.kernels.build import LEVELS, cpu_level
 
 
 def load_torch(path) -> dict[str, np.ndarray]:
@@ -21,14 +22,23 @@ def load_torch(path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def simd_library():
-    """The library this CPU gets (AVX2/FMA/F16C here)."""
+    """The library this CPU gets (its strongest build level)."""
     return build_library()
 
 
 @pytest.fixture(scope="session")
 def portable_library():
     """The scalar fallback build, for CPUs without AVX2/FMA/F16C."""
-    return build_library(simd=False)
+    return build_library(level="portable")
+
+
+@pytest.fixture(scope="session", params=list(LEVELS))
+def library(request):
+    """Each build level this CPU can run (portable, avx2, avx512): a test taking it runs once per level."""
+    names = list(LEVELS)
+    if names.index(request.param) > names.index(cpu_level()):
+        pytest.skip(f"this CPU cannot run the {request.param} build")
+    return build_library(level=request.param)
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,6 @@ from tests.kernels.aot import call
 MASKED = -10000.0
 
 
-@pytest.fixture(params=["simd", "portable"])
-def library(request, simd_library, portable_library):
-    return simd_library if request.param == "simd" else portable_library
-
-
 def reference(q, keys, values, mask, layer_scale):
     width = mask.shape[-1]
     k = keys[:width].astype(np.float64).transpose(1, 2, 0, 3)

@@ -35,30 +35,48 @@ def copying_compiler(tmp_path, simd_library):
     return cxx, log
 
 
-def test_flags_of_both_builds():
-    simd, portable = build.build_flags(True), build.build_flags(False)
+def test_flags_of_each_level():
+    portable, avx2, avx512 = (set(build.build_flags(level)) for level in ("portable", "avx2", "avx512"))
     for flag in ("-O3", "-fopenmp", "-shared", "-fPIC"):
-        assert flag in simd and flag in portable
-    assert {"-mavx2", "-mfma", "-mf16c"} <= set(simd)
-    assert not {"-mavx2", "-mfma", "-mf16c"} & set(portable)
+        assert flag in portable and flag in avx2 and flag in avx512
+    assert {"-mavx2", "-mfma", "-mf16c"} <= avx2 and not {"-mavx2", "-mfma", "-mf16c"} & portable
+    assert avx2 | {"-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"} <= avx512
+    with pytest.raises(build.KernelBuildError, match="unknown kernel build level 'sse9'.*portable, avx2, avx512"):
+        build.build_flags("sse9")
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma f16c bmi2\n\nprocessor\t: 1\n")
-    assert build.cpu_has_simd(info)
+    assert build.cpu_level(info) == "avx2"
+    info.write_text("flags\t\t: avx avx2 fma f16c avx512f avx512bw avx512vl avx512_vnni\n")
+    assert build.cpu_level(info) == "avx512"
+    info.write_text("flags\t\t: avx2 fma f16c avx512f avx512bw avx512vl\n")  # no VNNI: the AVX2 build
+    assert build.cpu_level(info) == "avx2"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx fma f16c\n")
-    assert not build.cpu_has_simd(info)
-    assert not build.cpu_has_simd(tmp_path / "missing")
+    assert build.cpu_level(info) == "portable"
+    assert build.cpu_level(tmp_path / "missing") == "portable"
+
+
+@pytest.mark.parametrize("setting, level", [("", "avx512"), ("avx2", "avx2"), ("PORTABLE", "portable"),
+                                            ("avx512", "avx512"), ("on", "avx512")])
+def test_the_level_can_be_capped(monkeypatch, tmp_path, setting, level):
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: avx avx2 fma f16c avx512f avx512bw avx512vl avx512_vnni\n")
+    monkeypatch.setenv("GLM_MS_KERNELS", setting)
+    assert build.default_level(info) == level
+    info.write_text("flags\t\t: avx avx2 fma f16c\n")
+    monkeypatch.setenv("GLM_MS_KERNELS", "avx512")  # a cap, never more than the CPU has
+    assert build.default_level(info) == "avx2"
 
 
 def test_the_cache_key_follows_flags_compiler_and_version():
-    name = build.library_name(True, "g++", "g++ 12.2")
-    assert name == build.library_name(True, "g++", "g++ 12.2")
+    name = build.library_name("avx2", "g++", "g++ 12.2")
+    assert name == build.library_name("avx2", "g++", "g++ 12.2")
     assert name.startswith("glm_ms_kernels-avx2-") and name.endswith(".so")
-    others = {build.library_name(False, "g++", "g++ 12.2"), build.library_name(True, "clang++", "g++ 12.2"),
-              build.library_name(True, "g++", "g++ 13.1")}
-    assert name not in others and len(others) == 3
+    others = {build.library_name("portable", "g++", "g++ 12.2"), build.library_name("avx512", "g++", "g++ 12.2"),
+              build.library_name("avx2", "clang++", "g++ 12.2"), build.library_name("avx2", "g++", "g++ 13.1")}
+    assert name not in others and len(others) == 4
 
 
 def test_cache_location(monkeypatch, tmp_path):
@@ -77,7 +95,7 @@ def test_kernels_can_be_switched_off(monkeypatch, value, enabled):
 
 
 def test_the_session_library_is_cached_and_loads(simd_library):
-    assert simd_library.simd == build.cpu_has_simd()
+    assert simd_library.level == build.default_level()
     assert simd_library.path.parent == build.cache_dir() and simd_library.path.is_file()
     assert build.build_library() == simd_library  # found in the cache, not rebuilt
 
@@ -119,7 +137,7 @@ def test_concurrent_processes_share_one_build(copying_compiler, tmp_path):
     cxx, log = copying_compiler
     cache = tmp_path / "cache"
     code = ("import sys; from glm_ms.kernels.build import build_library; "
-            "print(build_library(cxx=sys.argv[1], simd=True, cache=sys.argv[2]).path)")
+            "print(build_library(cxx=sys.argv[1], level='avx2', cache=sys.argv[2]).path)")
     procs = [subprocess.Popen([sys.executable, "-c", code, cxx, str(cache)], stdout=subprocess.PIPE, text=True,
                               env=os.environ.copy()) for _ in range(3)]
     paths = {proc.communicate(timeout=120)[0].strip() for proc in procs}

@@ -24,6 +24,32 @@ template <class W, int MR>
 void exact_tile(const W &w, const float *x, int64_t ldx, int64_t kp, int64_t n, int64_t j, int64_t end,
                 float out[MR]) {
   constexpr int S = W::S;
+#if GLM_AVX512
+  {  // 16 steps at a time while they last (the weight decoded once for all rows); the AVX2 loops take the rest
+
+    constexpr int U = unroll<MR, S>();
+    __m512 acc[U][MR][S];
+    for (int u = 0; u < U; u++)
+      for (int m = 0; m < MR; m++)
+        for (int s = 0; s < S; s++) acc[u][m][s] = _mm512_setzero_ps();
+    for (; j + 16 * U <= end; j += 16 * U) {
+      prefetch(w, n, j, 16 * U);
+      for (int u = 0; u < U; u++) {
+        __m512 wv[S];
+        w.load16f(n, j + 16 * u, wv);
+        for (int m = 0; m < MR; m++)
+          for (int s = 0; s < S; s++)
+            acc[u][m][s] = _mm512_fmadd_ps(_mm512_loadu_ps(x + m * ldx + s * kp + j + 16 * u), wv[s], acc[u][m][s]);
+      }
+    }
+    for (int m = 0; m < MR; m++) {
+      __m512 t = _mm512_setzero_ps();
+      for (int u = 0; u < U; u++)
+        for (int s = 0; s < S; s++) t = _mm512_add_ps(t, acc[u][m][s]);
+      out[m] += _mm512_reduce_add_ps(t);
+    }
+  }
+#endif
 #if GLM_SIMD
   constexpr int U = unroll<MR, S>();
   __m256 acc[U][MR][S];

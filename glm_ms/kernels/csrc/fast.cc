@@ -14,6 +14,7 @@ namespace glm {
 namespace {
 
 constexpr int64_t kIntBlock = 2048;  // steps summed in int32 lanes: 2048/16 * 2*128*32767 < 2^31 for int8
+                                     // (a 512-bit lane sums half as many)
 constexpr float kQMax = 32767.0f;
 
 // x as W's streams in int16 ([M][S][kp], outlier columns zero), each row's scale, and the outliers themselves.
@@ -79,6 +80,32 @@ void fast_tile(const W &w, const int16_t *q, int64_t ldq, int64_t kp, int64_t n,
   const int64_t kp16 = kp - kp % 16;
   while (j < kp16) {
     const int64_t end = std::min(kp16, j + kIntBlock);
+#if GLM_AVX512
+    {  // 32 steps at a time, multiply-add-accumulate in one VNNI instruction; the AVX2 loops take the rest
+      __m512i acc[U][MR][S];
+      for (int u = 0; u < U; u++)
+        for (int m = 0; m < MR; m++)
+          for (int s = 0; s < S; s++) acc[u][m][s] = _mm512_setzero_si512();
+      for (; j + 32 * U <= end; j += 32 * U) {
+        prefetch(w, n, j, 32 * U);
+        for (int u = 0; u < U; u++) {
+          __m512i wv[S];
+          w.load32(n, j + 32 * u, wv);
+          for (int m = 0; m < MR; m++)
+            for (int s = 0; s < S; s++) {
+              const __m512i xv = _mm512_loadu_si512((const void *)(q + m * ldq + s * kp + j + 32 * u));
+              acc[u][m][s] = _mm512_dpwssd_epi32(acc[u][m][s], wv[s], xv);
+            }
+        }
+      }
+      for (int u = 0; u < U; u++)
+        for (int m = 0; m < MR; m++)
+          for (int s = 0; s < S; s++)
+            out[m] += _mm512_reduce_add_epi64(_mm512_add_epi64(
+                _mm512_cvtepi32_epi64(_mm512_castsi512_si256(acc[u][m][s])),
+                _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(acc[u][m][s], 1))));
+    }
+#endif
     __m256i acc[U][MR][S];
     for (int u = 0; u < U; u++)
       for (int m = 0; m < MR; m++)

@@ -12,6 +12,11 @@
 #else
 #define GLM_SIMD 0
 #endif
+#if GLM_SIMD && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define GLM_AVX512 1
+#else
+#define GLM_AVX512 0
+#endif
 
 namespace glm {
 
@@ -88,6 +93,14 @@ struct Int8Rows {
     out[0] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + n * row + j)));
   }
 #endif
+#if GLM_AVX512
+  void load16f(int64_t n, int64_t j, __m512 *out) const {
+    out[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + n * row + j))));
+  }
+  void load32(int64_t n, int64_t j, __m512i *out) const {
+    out[0] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + n * row + j)));
+  }
+#endif
 };
 
 struct Int4Rows {
@@ -116,6 +129,18 @@ struct Int4Rows {
     out[1] = _mm256_srai_epi16(_mm256_slli_epi16(v, 12), 12);
   }
 #endif
+#if GLM_AVX512
+  void load16f(int64_t n, int64_t j, __m512 *out) const {
+    const __m512i v = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + n * row + j)));
+    out[0] = _mm512_cvtepi32_ps(_mm512_srai_epi32(v, 4));
+    out[1] = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v, 28), 28));
+  }
+  void load32(int64_t n, int64_t j, __m512i *out) const {
+    const __m512i v = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + n * row + j)));
+    out[0] = _mm512_srai_epi16(v, 4);
+    out[1] = _mm512_srai_epi16(_mm512_slli_epi16(v, 12), 12);
+  }
+#endif
 };
 
 struct HalfRows {
@@ -128,6 +153,11 @@ struct HalfRows {
 #if GLM_SIMD
   void load8(int64_t n, int64_t j, __m256 *out) const {
     out[0] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + n * row + j)));
+  }
+#endif
+#if GLM_AVX512
+  void load16f(int64_t n, int64_t j, __m512 *out) const {
+    out[0] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + n * row + j)));
   }
 #endif
 };
