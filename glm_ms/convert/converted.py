@@ -80,22 +80,25 @@ def iter_converted(folder: os.PathLike | str,
     """(parameter name, array) of a converted folder in the recorded (source) order; `manifest` if read already."""
     from safetensors import safe_open
 
+    from .readers.safetensors import read_header, read_tensor
+
     folder = Path(folder)
     weight_map = _weight_map(folder, manifest if manifest is not None else read_manifest(folder))
 
     def tensors() -> Iterator[tuple[str, np.ndarray]]:
         with contextlib.ExitStack() as stack:
-            handle, current = None, None
+            header, current = None, None
             for name, shard in weight_map.items():
                 if shard != current:
                     stack.close()
-                    try:
-                        handle = stack.enter_context(safe_open(str(folder / shard), framework="np"))
+                    try:  # the package validates the file; the tensors are then read without a memory map
+                        stack.enter_context(safe_open(str(folder / shard), framework="np"))
+                        header = read_header(folder / shard)
                     except Exception as exc:
                         raise ConversionError(f"{folder / shard}: cannot read ({type(exc).__name__}: {exc})") from exc
                     current = shard
                 try:
-                    array = handle.get_tensor(name)
+                    array = read_tensor(folder / shard, header, name)
                 except Exception as exc:
                     raise ConversionError(f"{folder / shard}: cannot read tensor {name!r} "
                                           f"({type(exc).__name__}: {exc})") from exc

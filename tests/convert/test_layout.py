@@ -1,6 +1,7 @@
 """Checkpoint folder detection and reading (torch and safetensors, sharded and single), checked against the index."""
 import contextlib
 import json
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -221,6 +222,33 @@ def test_safetensors_sharded_with_bf16(tmp_path):
         np.testing.assert_array_equal(state[n], tensors[n])
     assert state["bf"].dtype == np.float32
     np.testing.assert_array_equal(state["bf"], bf_values)
+
+
+def _resident_kib(path: Path) -> int:
+    """kiB of this process's memory mappings of `path` that are resident (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux's /proc/self/smaps")
+def test_safetensors_tensors_are_copied_out_without_touching_a_memory_map(tmp_path):
+    rng = np.random.default_rng(5)
+    arrays = {"big": rng.standard_normal((1024, 1536)).astype(np.float16), "i8": rng.integers(-128, 128, (37, 5), np.int8),
+              "flags": rng.random(11) > 0.5, "empty": np.zeros((0, 3), np.float32), "f64": rng.standard_normal(7)}
+    path = tmp_path / "model.safetensors"
+    save_file(arrays, str(path))
+    with contextlib.ExitStack() as stack:
+        lazy = {t.name: t for t in safetensors_tensors(path, stack)}
+        got = {name: lazy[name].load() for name in arrays}
+        assert _resident_kib(path) <= 64  # the header's pages at most, not the 3 MiB tensor
+    for name, want in arrays.items():
+        assert got[name].dtype == want.dtype and got[name].shape == want.shape
+        np.testing.assert_array_equal(got[name], want)
 
 
 def test_safetensors_preferred_when_both_present(tmp_path):

@@ -1,4 +1,5 @@
-"""Read safetensors shards one tensor at a time (the `safetensors` package; bfloat16 by hand, numpy has none)."""
+"""Read safetensors shards one tensor at a time: the `safetensors` package validates the file, our reads copy
+each tensor out with plain file reads (no memory map, so a shard's pages never count in the process's RSS)."""
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,8 @@ _NUMPY = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BF16": np.fl
 _MAX_HEADER = 100 << 20  # the safetensors package's own limit on the JSON header
 
 
-def _header(path: Path) -> tuple[int, dict[str, Any]]:
-    """(data start, header dict); the package has already validated the header when this runs."""
+def read_header(path: Path) -> tuple[int, dict[str, Any]]:
+    """(data start, header dict) of a safetensors file the package has already opened (and so validated)."""
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         if n > _MAX_HEADER:
@@ -27,18 +28,26 @@ def _header(path: Path) -> tuple[int, dict[str, Any]]:
         return 8 + n, json.loads(f.read(n))
 
 
-def _read_bf16(path: Path, header: tuple[int, dict[str, Any]], name: str) -> np.ndarray:
+def read_tensor(path: Path, header: tuple[int, dict[str, Any]], name: str) -> np.ndarray:
+    """One tensor of a validated safetensors file as a numpy array (bfloat16 widened to float32)."""
     data_start, entries = header
     entry = entries[name]
+    kind = entry["dtype"]
+    if kind not in _NUMPY:
+        raise CheckpointError(f"{path}: {name}: unsupported dtype {kind}")
     shape = tuple(entry["shape"])
+    stored = np.dtype("<u2" if kind == "BF16" else _NUMPY[kind]).newbyteorder("<")
     begin, end = entry["data_offsets"]
-    if end - begin != 2 * int(np.prod(shape, dtype=np.int64)):
-        raise CheckpointError(f"{path}: {name}: {end - begin} bytes do not match bfloat16 shape {shape}")
+    out = np.empty(int(np.prod(shape, dtype=np.int64)), stored)
+    if end - begin != out.nbytes:
+        raise CheckpointError(f"{path}: {name}: {end - begin} bytes do not match {kind} shape {shape}")
     with open(path, "rb") as f:
         f.seek(data_start + begin)
-        raw = np.frombuffer(f.read(end - begin), dtype="<u2")
-    # bfloat16 is the top half of a float32, so widening is exact.
-    return (raw.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+        if f.readinto(out.view(np.uint8)) != out.nbytes:
+            raise CheckpointError(f"{path}: {name}: the file ends inside the tensor")
+    if kind == "BF16":  # bfloat16 is the top half of a float32, so widening is exact
+        out = (out.astype(np.uint32) << 16).view(np.float32)
+    return out.reshape(shape)
 
 
 def safetensors_tensors(path: Path, stack: contextlib.ExitStack) -> list[LazyTensor]:
@@ -47,19 +56,17 @@ def safetensors_tensors(path: Path, stack: contextlib.ExitStack) -> list[LazyTen
 
     try:
         f = stack.enter_context(safe_open(str(path), framework="np"))
-        header = None
+        header = read_header(path)
         out = []
         for name in f.keys():
             sl = f.get_slice(name)
             kind = sl.get_dtype()
             if kind not in _NUMPY:
                 raise CheckpointError(f"{path}: {name}: unsupported dtype {kind}")
-            if kind == "BF16" and header is None:
-                header = _header(path)
 
-            def load(name: str = name, kind: str = kind) -> np.ndarray:
+            def load(name: str = name) -> np.ndarray:
                 try:
-                    return _read_bf16(path, header, name) if kind == "BF16" else f.get_tensor(name)
+                    return read_tensor(path, header, name)
                 except CheckpointError:
                     raise
                 except Exception as exc:  # the package only parses: any failure means a bad file
