@@ -12,7 +12,6 @@ word embeddings) exactly as loading the upstream shards would.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -86,23 +85,21 @@ def iter_converted(folder: os.PathLike | str,
     weight_map = _weight_map(folder, manifest if manifest is not None else read_manifest(folder))
 
     def tensors() -> Iterator[tuple[str, np.ndarray]]:
-        with contextlib.ExitStack() as stack:
-            header, current = None, None
-            for name, shard in weight_map.items():
-                if shard != current:
-                    stack.close()
-                    try:  # the package validates the file; the tensors are then read without a memory map
-                        stack.enter_context(safe_open(str(folder / shard), framework="np"))
+        header, current = None, None
+        for name, shard in weight_map.items():
+            if shard != current:
+                try:  # opening validates the file; the tensors are then read without a memory map
+                    with safe_open(str(folder / shard), framework="np"):
                         header = read_header(folder / shard)
-                    except Exception as exc:
-                        raise ConversionError(f"{folder / shard}: cannot read ({type(exc).__name__}: {exc})") from exc
-                    current = shard
-                try:
-                    array = read_tensor(folder / shard, header, name)
                 except Exception as exc:
-                    raise ConversionError(f"{folder / shard}: cannot read tensor {name!r} "
-                                          f"({type(exc).__name__}: {exc})") from exc
-                yield name, array
+                    raise ConversionError(f"{folder / shard}: cannot read ({type(exc).__name__}: {exc})") from exc
+                current = shard
+            try:
+                array = read_tensor(folder / shard, header, name)
+            except Exception as exc:
+                raise ConversionError(f"{folder / shard}: cannot read tensor {name!r} "
+                                      f"({type(exc).__name__}: {exc})") from exc
+            yield name, array
     return tensors()
 
 

@@ -21,12 +21,24 @@ from glm_ms.files import file_lock
 
 SOURCES = Path(__file__).resolve().parent / "csrc"
 COMMON_FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-shared", "-fPIC")
-_AVX2 = (("-mavx2", "-mfma", "-mf16c"), ("avx2", "fma", "f16c"))
-_AVX512 = (_AVX2[0] + ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"),
-           _AVX2[1] + ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"))
-# Build levels, weakest first: g++ flags, and the /proc/cpuinfo names of what those flags let the compiler use.
-# avx512 widens the kernels' inner loops to 16 floats / 32 int16 and fuses fast mode's multiply-adds (VNNI).
-LEVELS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {"portable": ((), ()), "avx2": _AVX2, "avx512": _AVX512}
+
+
+@dataclass(frozen=True)
+class Level:
+    """A kernel build level: its g++ flags, and the /proc/cpuinfo names of what those flags let the compiler use."""
+    flags: tuple[str, ...] = ()
+    cpu_flags: tuple[str, ...] = ()
+
+
+_AVX2 = Level(("-mavx2", "-mfma", "-mf16c"), ("avx2", "fma", "f16c"))
+# Weakest first. avx512 widens the kernels' inner loops to 16 floats / 32 int16 and fuses fast mode's
+# multiply-adds (VNNI).
+LEVELS: dict[str, Level] = {
+    "portable": Level(),
+    "avx2": _AVX2,
+    "avx512": Level(_AVX2.flags + ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"),
+                    _AVX2.cpu_flags + ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")),
+}
 PREFIX = "glm_ms_kernels-"
 INSTALL_HINT = ("install a C++ compiler with OpenMP (Debian/Ubuntu: `apt-get install g++`; Fedora: `dnf install "
                 "gcc-c++`) or point $GLM_MS_CXX at one; $GLM_MS_KERNELS=off uses the slower MindSpore-ops path")
@@ -71,7 +83,7 @@ def cpu_level(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
         return "portable"
     flags = next((set(line.partition(":")[2].split()) for line in text.splitlines() if line.startswith("flags")),
                  set())
-    return [name for name, (_, needs) in LEVELS.items() if set(needs) <= flags][-1]
+    return [name for name, level in LEVELS.items() if set(level.cpu_flags) <= flags][-1]
 
 
 def default_level(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
@@ -85,7 +97,7 @@ def build_flags(level: str) -> tuple[str, ...]:
     """g++ flags of a build level."""
     if level not in LEVELS:
         raise KernelBuildError(f"unknown kernel build level {level!r}: one of {', '.join(LEVELS)}")
-    return COMMON_FLAGS + LEVELS[level][0]
+    return COMMON_FLAGS + LEVELS[level].flags
 
 
 def source_files() -> list[Path]:

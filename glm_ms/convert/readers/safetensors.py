@@ -51,27 +51,27 @@ def read_tensor(path: Path, header: tuple[int, dict[str, Any]], name: str) -> np
 
 
 def safetensors_tensors(path: Path, stack: contextlib.ExitStack) -> list[LazyTensor]:
-    """The tensors of a safetensors file; each `load()` reads one tensor."""
+    """The tensors of a safetensors file; each `load()` reads one tensor (`stack`: the torch reader's interface)."""
     from safetensors import safe_open  # imported here so torch-only users need not have it
 
     try:
-        f = stack.enter_context(safe_open(str(path), framework="np"))
-        header = read_header(path)
-        out = []
-        for name in f.keys():
-            sl = f.get_slice(name)
-            kind = sl.get_dtype()
-            if kind not in _NUMPY:
-                raise CheckpointError(f"{path}: {name}: unsupported dtype {kind}")
+        with safe_open(str(path), framework="np") as f:  # opening validates the file; reads need no handle
+            header = read_header(path)
+            out = []
+            for name in f.keys():
+                sl = f.get_slice(name)
+                kind = sl.get_dtype()
+                if kind not in _NUMPY:
+                    raise CheckpointError(f"{path}: {name}: unsupported dtype {kind}")
 
-            def load(name: str = name) -> np.ndarray:
-                try:
-                    return read_tensor(path, header, name)
-                except CheckpointError:
-                    raise
-                except Exception as exc:  # the package only parses: any failure means a bad file
-                    raise CheckpointError(f"{path}: cannot read {name} ({type(exc).__name__}: {exc})") from exc
-            out.append(LazyTensor(name, tuple(int(s) for s in sl.get_shape()), np.dtype(_NUMPY[kind]), load))
+                def load(name: str = name) -> np.ndarray:
+                    try:
+                        return read_tensor(path, header, name)
+                    except CheckpointError:
+                        raise
+                    except Exception as exc:  # the package only parses: any failure means a bad file
+                        raise CheckpointError(f"{path}: cannot read {name} ({type(exc).__name__}: {exc})") from exc
+                out.append(LazyTensor(name, tuple(int(s) for s in sl.get_shape()), np.dtype(_NUMPY[kind]), load))
         return out
     except CheckpointError:
         raise

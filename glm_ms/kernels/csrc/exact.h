@@ -26,7 +26,6 @@ void exact_tile(const W &w, const float *x, int64_t ldx, int64_t kp, int64_t n, 
   constexpr int S = W::S;
 #if GLM_AVX512
   {  // 16 steps at a time while they last (the weight decoded once for all rows); the AVX2 loops take the rest
-
     constexpr int U = unroll<MR, S>();
     __m512 acc[U][MR][S];
     for (int u = 0; u < U; u++)
