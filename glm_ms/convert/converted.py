@@ -74,19 +74,34 @@ def _weight_map(folder: Path, manifest: dict[str, Any]) -> dict[str, str]:
     return weight_map
 
 
-def iter_converted(folder: os.PathLike | str,
-                   manifest: dict[str, Any] | None = None) -> Iterator[tuple[str, np.ndarray]]:
-    """(parameter name, array) of a converted folder in the recorded (source) order; `manifest` if read already."""
+def equal_tied_copies(manifest: dict[str, Any]) -> set[str]:
+    """The tensors the manifest records as equal copies of the parameter they are tied to."""
+    tied = manifest.get("tied") or {}
+    return {name for name, rec in tied.items() if isinstance(rec, dict) and rec.get("equal") is True}
+
+
+def iter_converted(folder: os.PathLike | str, manifest: dict[str, Any] | None = None,
+                   skip_equal_tied: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+    """(parameter name, array) of a converted folder in the recorded (source) order; `manifest` if read already.
+
+    `skip_equal_tied` leaves out the tied copies the converter found equal (`equal_tied_copies`): filling a tied
+    parameter from them again would change nothing, and reading ChatGLM-6B's lm_head copy would put a second
+    1 GB matrix beside the loaded model.
+    """
     from safetensors import safe_open
 
     from .readers.safetensors import read_header, read_tensor
 
     folder = Path(folder)
-    weight_map = _weight_map(folder, manifest if manifest is not None else read_manifest(folder))
+    manifest = manifest if manifest is not None else read_manifest(folder)
+    weight_map = _weight_map(folder, manifest)
+    skipped = equal_tied_copies(manifest) if skip_equal_tied else set()
 
     def tensors() -> Iterator[tuple[str, np.ndarray]]:
         header, current = None, None
         for name, shard in weight_map.items():
+            if name in skipped:
+                continue
             if shard != current:
                 try:  # opening validates the file; the tensors are then read without a memory map
                     with safe_open(str(folder / shard), framework="np"):

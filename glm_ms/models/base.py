@@ -299,7 +299,8 @@ class CausalLM(nn.Cell):
         from ..config import read_config_json
         source = (weights.manifest or {}).get("source") or {}
         self.base_name = source.get("model_id") or weights.path.name
-        tensors = weights.tensors()
+        # A LoRA may change one tied copy and not the other, so then every copy is read.
+        tensors = weights.tensors(skip_equal_tied=not isinstance(adapter, LoraAdapter))
         if adapter is not None:
             self._check_adapter(adapter)
             if isinstance(adapter, LoraAdapter):

@@ -428,3 +428,28 @@ def test_a_storage_claiming_a_tebibyte_is_a_clean_error(tmp_path):
     with pytest.raises(CheckpointError, match="claims 1099511627776 bytes, more than the file"):
         convert_checkpoint(src, tmp_path / "out", progress=False)
     assert_no_output(tmp_path / "out")
+
+
+def test_loading_skips_the_tied_copy_recorded_equal(tmp_path, monkeypatch):
+    from glm_ms.api import ChatGLMForConditionalGeneration
+    from glm_ms.convert.readers import safetensors as reader
+
+    tensors = source_tensors()
+    tensors["lm_head.weight"] = tensors["transformer.word_embeddings.weight"].copy()
+    out = convert_checkpoint(write_upstream(tmp_path / "src", tensors, fixture_groups()), tmp_path / "out",
+                             progress=False)
+    (tied, rec), = read_manifest(out)["tied"].items()
+    assert rec["equal"] is True
+    assert [n for n, _ in iter_converted(out)].count(tied) == 1  # every tensor unless asked
+    assert tied not in [n for n, _ in iter_converted(out, skip_equal_tied=True)]
+    read, original = [], reader.read_tensor
+    monkeypatch.setattr(reader, "read_tensor",
+                        lambda path, header, name: read.append(name) or original(path, header, name))
+    model = ChatGLMForConditionalGeneration.from_pretrained(out, dtype="float32")
+    assert tied not in read and rec["to"] in read and len(read) == len(set(read))
+    params = model.weight_parameters()
+    assert np.array_equal(params[rec["to"]].asnumpy(), tensors[rec["to"]].astype(np.float32))
+    c = model.config
+    ids = np.array([[1, 2, c.gmask_token_id, c.bos_token_id]], np.int32)
+    whole = ChatGLMForConditionalGeneration.from_pretrained(tmp_path / "src", dtype="float32")
+    np.testing.assert_array_equal(model(ids).logits.asnumpy(), whole(ids).logits.asnumpy())

@@ -40,15 +40,16 @@ class WeightSource:
         """True when tensor names are already model parameter names (converted folders)."""
         return self.kind == "converted"
 
-    def tensors(self) -> Iterator[tuple[str, np.ndarray]]:
+    def tensors(self, skip_equal_tied: bool = False) -> Iterator[tuple[str, np.ndarray]]:
         """(name, array) pairs, lazily, in the order that fills tied parameters as upstream does.
 
         Converted folders give parameter names, the others upstream checkpoint names (the model maps them with
         its family's name table). The layout (index, shards present) is checked when this is called.
+        `skip_equal_tied`: a converted folder leaves out the tied copies its manifest records as equal.
         """
         if self.kind == "converted":
             from ..converted import iter_converted
-            return iter_converted(self.path, self.manifest)
+            return iter_converted(self.path, self.manifest, skip_equal_tied)
         if self.kind == "mindnlp":
             from .mindnlp import iter_mindnlp
             return iter_mindnlp(self.path)
