@@ -98,9 +98,9 @@ class WatchedWeights(WeightSource):
 
     quantized: frozenset = frozenset()
 
-    def tensors(self):
+    def tensors(self, skip_equal_tied=False):
         alive = []
-        for name, array in super().tensors():
+        for name, array in super().tensors(skip_equal_tied):
             gc.collect()
             # The loader may still hold the tensor it was working on (the previous one), never an older one.
             assert not [ref for ref in alive[:-1] if ref() is not None]

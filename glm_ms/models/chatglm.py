@@ -18,6 +18,7 @@ from ..cells.layers import Embedding, LayerNorm, Linear
 from ..cells.masks import PromptMask
 from ..config import ChatGLMConfig
 from ..errors import GenerationError
+from ..kernels.attention import rotary_2d
 from ..positions import position_ids_2d, prefix_lm_mask
 from .base import CausalLM, CausalLMOutput, host_array
 
@@ -85,7 +86,7 @@ class SelfAttention(nn.Cell):
         self.query_scale = 1.0 / (math.sqrt(self.head_dim) * self.layer_scale)
         self.query_key_value = Linear(config.hidden_size, 3 * config.hidden_size, dtype=dtype)
         self.dense = Linear(config.hidden_size, config.hidden_size, dtype=dtype)
-        # On the CPU, glm_ms's decode-attention kernel reads the cache (see cells.attention.cache_attention).
+        # On the CPU, glm_ms's kernels split and rotate q/k/v and read the cache (cells.attention.cache_attention).
         self.fused_attention = fused_attention_here()
         self.kv_cache = KVCache(self.num_heads, self.head_dim, dtype=dtype)
 
@@ -93,15 +94,19 @@ class SelfAttention(nn.Cell):
         """x [b, s, hidden] → [b, s, hidden]; keys/values of x written at `cache_positions`, then cache slots
         [0, L) read under mask [b, 1, s, L] (True = masked)."""
         b, s, _ = x.shape
-        # The fused output is laid out per head: [heads, (q | k | v) of head_dim each], not three thirds.
-        qkv = self.query_key_value(x).reshape(b, s, self.num_heads, 3 * self.head_dim)
-        q, k, v = ops.split(qkv, self.head_dim, axis=-1)
-        q = apply_rotary(q, cos, sin) * self.query_scale
-        k = apply_rotary(k, cos, sin)
+        qkv = self.query_key_value(x)
+        if self.fused_attention and x.dtype in (ms.float32, ms.float16):
+            # One kernel for the ~18 ops below (the same values): per layer and token, MindSpore's cost per op
+            # on the CPU is a large part of a quantized model's decode time.
+            q, k, v = rotary_2d(qkv, cos, sin, self.query_scale)
+        else:
+            # The fused output is laid out per head: [heads, (q | k | v) of head_dim each], not three thirds.
+            q, k, v = ops.split(qkv.reshape(b, s, self.num_heads, 3 * self.head_dim), self.head_dim, axis=-1)
+            q = (apply_rotary(q, cos, sin) * self.query_scale).transpose(0, 2, 1, 3)
+            k = apply_rotary(k, cos, sin)
         # Only the cache slots the mask covers are read.
         keys, values = self.kv_cache(k, v, cache_positions)
-        context = cache_attention(q.transpose(0, 2, 1, 3), keys, values, mask, self.layer_scale,
-                                  self.fused_attention)
+        context = cache_attention(q, keys, values, mask, self.layer_scale, self.fused_attention)
         return self.dense(context.transpose(0, 2, 1, 3).reshape(b, s, self.num_heads * self.head_dim))
 
 
