@@ -66,8 +66,8 @@ __attribute__((optimize("fp-contract=off"))) void rotary(void **params, int64_t 
           const T *x = in + part * d;
           for (int64_t i = 0; i < d; i++) {
             // rotate_half within each half of the head: [-x1, x0, -x3, x2] for quarters x0..x3
-            const int64_t j = (i / quarter) % 2 == 0 ? i + quarter : i - quarter;
-            const float r = (i / quarter) % 2 == 0 ? -V::get(x, j) : V::get(x, j);
+            const bool even = (i / quarter) % 2 == 0;
+            const float r = even ? -V::get(x, i + quarter) : V::get(x, i - quarter);
             float y = V::round(V::round(V::get(x, i) * V::get(c, i)) + V::round(r * V::get(n, i)));
             if (part == 0) y = y * scale;
             V::put(outs[part], i, y);
