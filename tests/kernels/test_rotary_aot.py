@@ -5,7 +5,7 @@ import pytest
 
 from tests.kernels.aot import call_into
 
-SHAPES = [(1, 1, 4, 8), (2, 5, 3, 16), (1, 7, 32, 128), (3, 2, 1, 4), (1, 3, 5, 36)]
+SHAPES = [(1, 1, 4, 8), (2, 5, 3, 16), (1, 7, 32, 128), (3, 2, 1, 4), (1, 3, 5, 36), (2, 3, 2, 32), (1, 2, 3, 64)]
 
 
 def inputs(b, s, heads, d, dtype, seed=0):

@@ -47,8 +47,11 @@ struct Call {
   }
 };
 
-// IEEE binary16 -> binary32 without F16C (the portable build).
+// IEEE binary16 -> binary32: F16C where built with it, else in software (the portable build), the same values.
 inline float half_to_float(uint16_t h) {
+#if GLM_SIMD
+  return _cvtsh_ss(h);
+#else
   const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
   const uint32_t exp = (h >> 10) & 0x1Fu;
   uint32_t mant = h & 0x3FFu;
@@ -70,6 +73,30 @@ inline float half_to_float(uint16_t h) {
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
+#endif
+}
+
+// binary32 -> binary16, rounding to nearest even: F16C where built with it, else in software (the same values).
+inline uint16_t float_to_half(float f) {
+#if GLM_SIMD
+  return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+#else
+  uint32_t x;
+  std::memcpy(&x, &f, sizeof x);
+  const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+  const uint32_t a = x & 0x7FFFFFFFu;
+  if (a >= 0x7F800000u) return sign | 0x7C00u | (a > 0x7F800000u ? 0x200u : 0u);  // inf, nan
+  if (a >= 0x477FF000u) return sign | 0x7C00u;                                     // rounds past 65504
+  if (a < 0x38800000u) {  // below 2^-14: a multiple of 2^-24, scaled exactly then rounded to nearest even
+    float v;
+    std::memcpy(&v, &a, sizeof v);
+    return sign | (uint16_t)std::nearbyint(v * 16777216.0f);
+  }
+  uint32_t h = ((a >> 23) - 112u) << 10 | ((a & 0x7FFFFFu) >> 13);
+  const uint32_t rest = a & 0x1FFFu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;
+  return sign | (uint16_t)h;
+#endif
 }
 
 // Weight formats. A row of W is read in "streams": S = 1 for int8 and float16 (stream 0 = columns 0..K-1);
