@@ -1,5 +1,6 @@
 """ChatGLM-6B's own components (models/chatglm.py) against a small numpy statement of the upstream rule."""
 import numpy as np
+import pytest
 from mindspore import Tensor
 
 from glm_ms.device import select_device
@@ -9,10 +10,11 @@ select_device("CPU")
 rng = np.random.default_rng(0)
 
 
-def test_gelu_is_the_tanh_formula():
+@pytest.mark.parametrize("kernel", [False, True])
+def test_gelu_is_the_tanh_formula(kernel):
     x = np.linspace(-8, 8, 401).astype(np.float32)
     ref = 0.5 * x * (1 + np.tanh(0.7978845608028654 * x * (1 + 0.044715 * x * x)))
-    np.testing.assert_allclose(gelu_tanh(Tensor(x)).asnumpy(), ref, atol=2e-6)
+    np.testing.assert_allclose(gelu_tanh(Tensor(x), kernel).asnumpy(), ref, atol=2e-6)
 
 
 def test_rotary_inv_freq_rounded_to_fp16():
