@@ -6,8 +6,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from ..device import select_device
-from ..kernels import half_matmul, kernel_library
-from ..kernels.elementwise import bias_add
+from ..kernels import half_matmul
 
 
 _NUMPY_DTYPES = {ms.float16: np.float16, ms.float32: np.float32, ms.int8: np.int8}
@@ -36,15 +35,12 @@ class Linear(nn.Cell):
         # MindSpore's CPU MatMul has no float16 kernel: it would cast the whole weight to float32 on every call
         # (and a compiled graph keeps every cast alive). glm_ms's float16 kernel reads the weight as stored.
         self.half_kernel = select_device() == "CPU"
-        self.bias_kernel = self.half_kernel and kernel_library() is not None
 
     def construct(self, x):
         shape = x.shape
         if self.half_kernel and self.weight.dtype == ms.float16:
             # float32 products and sums, rounded to float16 once at the end (the bias added in float32).
             y = half_matmul(x, self.weight)
-            if self.bias is not None and self.bias_kernel and x.dtype in (ms.float32, ms.float16):
-                return bias_add(y, self.bias, x.dtype)  # the Cast · Add · Cast below, in one op
             if self.bias is not None:
                 y = y + self.bias.astype(ms.float32)
             return y.astype(x.dtype)

@@ -14,7 +14,6 @@ from mindspore import Tensor, nn, ops
 
 from ..device import select_device
 from ..kernels import kernel_library, quantized_matmul
-from ..kernels.elementwise import bias_add
 from ..kernels.quantize import QuantizationError, QuantizedWeight, check_bits, packed_columns
 from .layers import zeros_parameter
 
@@ -32,10 +31,6 @@ def dequantize(weight, scale, bits: int):
         lo = lo - (lo >= 8.0).astype(ms.float32) * 16.0
         ints = ops.stack([hi, lo], axis=-1).reshape(weight.shape[0], -1)
     return ints * scale.astype(ms.float32).reshape(-1, 1)
-
-
-def _bias_kernel_takes(x, bias) -> bool:
-    return x.dtype in (ms.float32, ms.float16) and bias.dtype in (ms.float32, ms.float16)
 
 
 class QuantizedLinear(nn.Cell):
@@ -61,8 +56,6 @@ class QuantizedLinear(nn.Cell):
     def construct(self, x):
         if self.kernels:
             y = quantized_matmul(x, self.weight, self.weight_scale, self.bits, self.fast)
-            if self.bias is not None and _bias_kernel_takes(x, self.bias):
-                return bias_add(y, self.bias, x.dtype)  # the Cast · Add · Cast below, in one op
         else:
             # One layer's dequantized copy at a time: ordered after x, so a graph does not build them all first.
             weight = dequantize(ops.depend(self.weight, x), self.weight_scale, self.bits).astype(x.dtype)

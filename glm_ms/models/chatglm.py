@@ -18,7 +18,7 @@ from ..cells.layers import Embedding, LayerNorm, Linear
 from ..cells.masks import PromptMask
 from ..config import ChatGLMConfig
 from ..errors import GenerationError
-from ..kernels import elementwise
+from ..kernels import activation
 from ..kernels.attention import rotary_2d
 from ..positions import position_ids_2d, prefix_lm_mask
 from .base import CausalLM, CausalLMOutput, host_array
@@ -117,7 +117,7 @@ def gelu_tanh(x: Tensor, kernel: bool = False) -> Tensor:
     `kernel` (the CPU with glm_ms's kernels) computes it in float32 and rounds once, as upstream's float16 GELU does.
     """
     if kernel and x.dtype in (ms.float32, ms.float16):
-        return elementwise.gelu_tanh(x)
+        return activation.gelu_tanh(x)
     # The fused op computes exactly that formula; a hand-written ops.tanh is only good to ~1e-4 on CPU.
     return ops.gelu(x, approximate="tanh")
 

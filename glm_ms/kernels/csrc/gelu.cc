@@ -1,12 +1,5 @@
-// MindSpore AOT entry points of elementwise steps that MindSpore's CPU ops take far longer over (a Cast or an op
-// costs tens of microseconds, its GeLU up to a millisecond):
-//   glm_gelu_tanh(x [...]) -> y [...], float32 or float16 (both alike): ChatGLM-6B's activation
-//   glm_bias_add_f32 / glm_bias_add_f16(y float32 [..., N], bias float32|float16 [N]) -> out [..., N] float32 /
-//     float16: a linear layer's bias added in float32 and the sum rounded once to the output's dtype, bit for bit
-//     the Cast · Add · Cast it replaces (one name per output dtype: MindSpore infers a Custom op's output once
-//     per function name)
-//
-// GELU:
+// MindSpore AOT entry point of ChatGLM-6B's activation, the tanh-approximated GELU, elementwise:
+//   glm_gelu_tanh(x [...]) -> y [...], float32 or float16 (both alike)
 // y = 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3), computed in float32 and rounded once to the
 // dtype (as upstream's float16 GELU computes it). 0.5 (1 + tanh(u)) equals 1 / (1 + exp(-2u)), which loses no
 // precision where tanh(u) is close to -1. MindSpore's own GeLU on the CPU takes 0.5-1 ms for ChatGLM-6B's 16384
@@ -82,18 +75,6 @@ void run(const T *x, T *y, int64_t n) {
   }
 }
 
-template <class B, class O>
-void add_bias(const float *y, const B *bias, O *out, int64_t M, int64_t N) {
-#pragma omp parallel for schedule(static) if (M * N >= kParallelFrom)
-  for (int64_t m = 0; m < M; m++)
-    for (int64_t n = 0; n < N; n++) {
-      float b;
-      if constexpr (sizeof(B) == 2) b = half_to_float(bias[n]); else b = bias[n];
-      const float v = y[m * N + n] + b;
-      if constexpr (sizeof(O) == 2) out[m * N + n] = float_to_half(v); else out[m * N + n] = v;
-    }
-}
-
 }  // namespace
 }  // namespace glm
 
@@ -116,38 +97,4 @@ extern "C" int glm_gelu_tanh(int nparam, void **params, int *ndims, int64_t **sh
   else
     run((const float *)params[0], (float *)params[1], n);
   return kOk;
-}
-
-namespace {
-
-int bias_add_entry(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, bool half_out) {
-  const Call c{nparam, params, ndims, shapes, dtypes};
-  if (nparam != 3) return kBadArity;
-  const bool half_bias = c.dtype_is(1, "float16");
-  if (!c.dtype_is(0, "float32") || !(half_bias || c.dtype_is(1, "float32")) ||
-      !c.dtype_is(2, half_out ? "float16" : "float32"))
-    return kBadDtype;
-  if (ndims[0] < 1 || ndims[1] != 1 || ndims[2] != ndims[0]) return kBadShape;
-  for (int d = 0; d < ndims[0]; d++)
-    if (c.dim(0, d) != c.dim(2, d)) return kBadShape;
-  const int64_t N = c.last(0), M = c.leading(0);
-  if (c.dim(1, 0) != N) return kBadShape;
-  const float *y = (const float *)params[0];
-  if (half_bias && half_out) add_bias(y, (const uint16_t *)params[1], (uint16_t *)params[2], M, N);
-  else if (half_bias) add_bias(y, (const uint16_t *)params[1], (float *)params[2], M, N);
-  else if (half_out) add_bias(y, (const float *)params[1], (uint16_t *)params[2], M, N);
-  else add_bias(y, (const float *)params[1], (float *)params[2], M, N);
-  return kOk;
-}
-
-}  // namespace
-
-extern "C" int glm_bias_add_f32(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                                void *) {
-  return bias_add_entry(nparam, params, ndims, shapes, dtypes, false);
-}
-
-extern "C" int glm_bias_add_f16(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                                void *) {
-  return bias_add_entry(nparam, params, ndims, shapes, dtypes, true);
 }
