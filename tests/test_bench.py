@@ -80,3 +80,18 @@ def test_attention_bench_record(capsys, monkeypatch):
     assert sorted(record["widths"]) == ["100", "8"]
     assert all(set(entry) == {"kernel", "mindspore_ops"} and entry["kernel"]["best_ms"] > 0
                for entry in record["widths"].values())
+
+
+def test_ops_bench_record(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # bench_ops imports bench_kernels, as when run as a script
+    spec = importlib.util.spec_from_file_location("bench_ops", ROOT / "scripts" / "bench_ops.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_ops", module)
+    spec.loader.exec_module(module)
+    module.main(["--repeat", "2", "--calls", "2", "--trials", "1"])
+    record = json.loads(capsys.readouterr().out)
+    assert record["repeat"] == 2
+    rows = {(r["step"], r["dtype"]): r for r in record["results"]}
+    assert set(rows) == {(step, dtype) for step in ("gelu_16384", "rotary_32x128")
+                         for dtype in ("float16", "float32")}
+    assert all(r["kernel_us_per_call"] > 0 and r["mindspore_ops_us_per_call"] > 0 for r in rows.values())
