@@ -24,6 +24,8 @@ def compile_family(family: str) -> int:
             cell.half_kernel = False  # the MatMul Ascend runs, not glm_ms's float16 CPU kernel
         if hasattr(cell, "fused_attention"):
             cell.fused_attention = False  # likewise the attention ops, not the CPU decode-attention kernel
+        if hasattr(cell, "gelu_kernel"):
+            cell.gelu_kernel = False  # and MindSpore's GeLU, not glm_ms's CPU GELU kernel
     ids = model.check_ids([[7, 8, 9, 10, 11]])
     mask, positions = model.prompt_inputs(ids)
     decoder = Decoder(model, ids, mask, positions, max_length=24, compiled=True)
