@@ -49,30 +49,29 @@ inline __m256 gelu8(__m256 x) {
 #endif
 
 template <class T>
+inline void gelu_at(const T *x, T *y, int64_t j) {
+  if constexpr (sizeof(T) == 2) y[j] = float_to_half(gelu(half_to_float(x[j])));
+  else y[j] = gelu(x[j]);
+}
+
+template <class T>
 void run(const T *x, T *y, int64_t n) {
-  constexpr bool half = sizeof(T) == 2;
   const int64_t blocks = n / 8;
 #pragma omp parallel for schedule(static) if (n >= kParallelFrom)
   for (int64_t b = 0; b < blocks; b++) {
     const int64_t i = 8 * b;
 #if GLM_SIMD
-    if constexpr (half) {
+    if constexpr (sizeof(T) == 2) {
       const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i)));
       _mm_storeu_si128((__m128i *)(y + i), _mm256_cvtps_ph(gelu8(v), _MM_FROUND_TO_NEAREST_INT));
     } else {
       _mm256_storeu_ps((float *)y + i, gelu8(_mm256_loadu_ps((const float *)x + i)));
     }
 #else
-    for (int64_t j = i; j < i + 8; j++) {
-      if constexpr (half) y[j] = float_to_half(gelu(half_to_float(x[j])));
-      else y[j] = gelu(x[j]);
-    }
+    for (int64_t j = i; j < i + 8; j++) gelu_at(x, y, j);
 #endif
   }
-  for (int64_t j = 8 * blocks; j < n; j++) {
-    if constexpr (half) y[j] = float_to_half(gelu(half_to_float(x[j])));
-    else y[j] = gelu(x[j]);
-  }
+  for (int64_t j = 8 * blocks; j < n; j++) gelu_at(x, y, j);
 }
 
 }  // namespace
