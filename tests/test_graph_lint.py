@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Kernels scoped to a transformer layer, per layer (the busiest of the three graphs). An op more per layer is
 # ~28 more kernel launches per token on a 6B model: lower these when a change saves ops, raise them only with
 # a reason in the commit.
-OPS_PER_LAYER = {"chatglm-6b": 59, "chatglm2": 92, "chatglm3": 92}
+# chatglm-6b 59 → 60: its prefill graph's last-position Slice (models.base.last_position) is scoped into layer 0
+# by MindSpore, though it runs once per graph; the graph totals did not grow.
+OPS_PER_LAYER = {"chatglm-6b": 60, "chatglm2": 92, "chatglm3": 92}
 # Kernels in the busiest graph (2-layer fixtures; the sampling decode step): the per-layer count above misses
 # ops MindSpore hoists out of the layers' scope (such as weight casts: float32 norm parameters saved 10 / 5).
 OPS_PER_GRAPH = {"chatglm-6b": 227, "chatglm2": 279, "chatglm3": 279}

@@ -21,7 +21,7 @@ from ..errors import GenerationError
 from ..kernels import activation
 from ..kernels.attention import rotary_2d
 from ..positions import position_ids_2d, prefix_lm_mask
-from .base import CausalLM, CausalLMOutput, host_array
+from .base import CausalLM, CausalLMOutput, host_array, last_position
 
 # ----------------------------------------------------------------------------- 2D rotary
 
@@ -218,7 +218,7 @@ class ChatGLMCausalLM(CausalLM):
         mask, cache_positions = self.prefixed(mask, cache_positions)
         hidden, _ = self.transformer(input_ids, position_ids, mask, cache_positions)
         if last_only:
-            hidden = hidden[:, -1:]
+            hidden = last_position(hidden)
         return self.lm_head(hidden).astype(ms.float32)
 
     def construct(self, input_ids, position_ids=None, attention_mask=None, output_hidden_states=False):

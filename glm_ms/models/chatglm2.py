@@ -20,7 +20,7 @@ from ..cells.layers import Embedding, LayerNorm, Linear, RMSNorm
 from ..cells.masks import PromptMask
 from ..config import ChatGLM2Config
 from ..errors import GenerationError
-from .base import CausalLM, CausalLMOutput, host_array
+from .base import CausalLM, CausalLMOutput, host_array, last_position
 
 # ----------------------------------------------------------------------------- pair rotary
 
@@ -268,7 +268,7 @@ class ChatGLM2CausalLM(CausalLM):
         mask, cache_positions = self.prefixed(mask, cache_positions)
         hidden, _ = self.transformer(input_ids, position_ids.reshape(b, s), mask, cache_positions)
         if last_only:
-            hidden = hidden[:, -1:]
+            hidden = last_position(hidden)
         return self.transformer.output_layer(hidden).astype(ms.float32)
 
     def construct(self, input_ids, position_ids=None, attention_mask=None, output_hidden_states=False):
