@@ -116,7 +116,9 @@ class MultiQueryAttention(nn.Cell):
         h, g, d = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.query_key_value(x)
         if self.grouped:
-            q, k, v = ops.split(qkv, [h * d, g * d, g * d], axis=-1)
+            # narrow, not an uneven ops.split: on the CPU its StridedSlices cost ~0.1 ms more per layer.
+            q, k, v = (ops.narrow(qkv, -1, 0, h * d), ops.narrow(qkv, -1, h * d, g * d),
+                       ops.narrow(qkv, -1, (h + g) * d, g * d))
             q, k, v = q.reshape(b, s, h, d), k.reshape(b, s, g, d), v.reshape(b, s, g, d)
         else:
             q, k, v = ops.split(qkv.reshape(b, s, h, 3 * d), d, axis=-1)
