@@ -39,11 +39,8 @@ class Linear(nn.Cell):
     def construct(self, x):
         shape = x.shape
         if self.half_kernel and self.weight.dtype == ms.float16:
-            # float32 products and sums, rounded to float16 once at the end (the bias added in float32).
-            y = half_matmul(x, self.weight)
-            if self.bias is not None:
-                y = y + self.bias.astype(ms.float32)
-            return y.astype(x.dtype)
+            # One op: float32 products and sums, the bias added in float32, rounded once to x's dtype.
+            return half_matmul(x, self.weight, self.bias)
         y = self.matmul(x.reshape(-1, shape[-1]), self.weight)
         if self.bias is not None:
             y = y + self.bias

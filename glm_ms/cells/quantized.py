@@ -55,12 +55,12 @@ class QuantizedLinear(nn.Cell):
 
     def construct(self, x):
         if self.kernels:
-            y = quantized_matmul(x, self.weight, self.weight_scale, self.bits, self.fast)
-        else:
-            # One layer's dequantized copy at a time: ordered after x, so a graph does not build them all first.
-            weight = dequantize(ops.depend(self.weight, x), self.weight_scale, self.bits).astype(x.dtype)
-            shape = x.shape
-            y = self.matmul(x.reshape(-1, shape[-1]), weight).reshape(shape[:-1] + (self.out_features,))
+            # One op: the bias added in float32 to the products, rounded once to x's dtype.
+            return quantized_matmul(x, self.weight, self.weight_scale, self.bits, self.fast, bias=self.bias)
+        # One layer's dequantized copy at a time: ordered after x, so a graph does not build them all first.
+        weight = dequantize(ops.depend(self.weight, x), self.weight_scale, self.bits).astype(x.dtype)
+        shape = x.shape
+        y = self.matmul(x.reshape(-1, shape[-1]), weight).reshape(shape[:-1] + (self.out_features,))
         if self.bias is not None:
             y = y + self.bias.astype(y.dtype)
         return y.astype(x.dtype)

@@ -1,4 +1,4 @@
-"""MindSpore functions over glm_ms's CPU kernels: y = x . dequant(W)^T for int8, int4 and float16 weights.
+"""MindSpore functions over glm_ms's CPU kernels: y = x . dequant(W)^T + b for int8, int4 and float16 weights.
 
 They run eagerly and inside `mindspore.jit` (the kernels are `ops.Custom(func_type="aot")` primitives; the
 checks run once, when the graph is built). Any number of rows works: up to 16 share one pass over the weights,
@@ -35,11 +35,12 @@ def kernel_library() -> KernelLibrary | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(name: str) -> ops.Custom:
+def _kernel(name: str, inputs: int) -> ops.Custom:
     # Cached, so a graph built twice (or by two cells) shares one primitive; called at graph-build time in jit.
+    # One primitive per arity (with or without a bias). y has x's dtype, float32 or float16.
     path = kernel_library().path
     return ops.Custom(f"{path}:{name}", out_shape=lambda x, w, *_: list(x[:-1]) + [w[0]],
-                      out_dtype=lambda *_: ms.float32, func_type="aot")
+                      out_dtype=lambda x, *_: x, func_type="aot")
 
 
 def _known(size: int) -> bool:
@@ -47,8 +48,8 @@ def _known(size: int) -> bool:
 
 
 @ops.constexpr
-def _plan(x: tuple, w: tuple, s: tuple | None, bits: int | None, fast: bool) -> str:
-    """Checks (shape, dtype) of x, weight and scale; the kernel's name, or "" for the MindSpore-ops path."""
+def _plan(x: tuple, w: tuple, s: tuple | None, b: tuple | None, bits: int | None, fast: bool) -> str:
+    """Checks (shape, dtype) of x, weight, scale and bias; the kernel's name, or "" for the MindSpore-ops path."""
     (x_shape, x_dtype), (w_shape, w_dtype) = x, w
     what = "half" if bits is None else f"int{check_bits(bits)}"
     wanted = ms.float16 if bits is None else ms.int8
@@ -62,6 +63,9 @@ def _plan(x: tuple, w: tuple, s: tuple | None, bits: int | None, fast: bool) -> 
     if s is not None and (len(s[0]) != 1 or s[1] != ms.float16
                           or (_known(s[0][0]) and _known(w_shape[0]) and s[0][0] != w_shape[0])):
         raise QuantizationError(f"scale must be float16 [N] = [{w_shape[0]}], not {s[1]} {tuple(s[0])}")
+    if b is not None and (len(b[0]) != 1 or b[1] not in (ms.float32, ms.float16, ms.bfloat16)
+                          or (_known(b[0][0]) and _known(w_shape[0]) and b[0][0] != w_shape[0])):
+        raise QuantizationError(f"bias must be a floating-point [N] = [{w_shape[0]}], not {b[1]} {tuple(b[0])}")
     if fast and bits is None:
         raise QuantizationError("fast mode needs int8 or int4 weights")
     if kernel_library() is None:
@@ -71,6 +75,29 @@ def _plan(x: tuple, w: tuple, s: tuple | None, bits: int | None, fast: bool) -> 
 
 def _as_float32(x: Tensor) -> Tensor:
     return x if x.dtype == ms.float32 else x.astype(ms.float32)
+
+
+def _kernel_float(x: Tensor) -> Tensor:
+    """x as the kernels read it: float32 and float16 as they are, bfloat16 as float32."""
+    return x if x.dtype in (ms.float32, ms.float16) else x.astype(ms.float32)
+
+
+def _shape_of(t: Tensor | None) -> tuple | None:
+    return None if t is None else (t.shape, t.dtype)
+
+
+def _finish(y: Tensor, bias: Tensor | None, dtype: ms.Type) -> Tensor:
+    """float32 products y + float32(bias), rounded once to `dtype` (the MindSpore-ops path's epilogue)."""
+    if bias is not None:
+        y = y + _as_float32(bias)
+    return y if y.dtype == dtype else y.astype(dtype)
+
+
+def _call(name: str, x: Tensor, bias: Tensor | None, *args: Tensor) -> Tensor:
+    """The kernel on x, args, then the bias if any, as a Tensor of x's dtype."""
+    inputs = (_kernel_float(x),) + args + (() if bias is None else (_kernel_float(bias),))
+    y = _kernel(name, len(inputs))(*inputs)
+    return y if y.dtype == x.dtype else y.astype(x.dtype)
 
 
 def dequantize(weight: Tensor, scale: Tensor, bits: int) -> Tensor:
@@ -92,25 +119,29 @@ def dense_matmul(x: Tensor, weight: Tensor) -> Tensor:
 
 
 def quantized_matmul(x: Tensor, weight: Tensor, scale: Tensor, bits: int, fast: bool = False,
-                     threshold: float = DEFAULT_THRESHOLD) -> Tensor:
-    """x [..., K] . (weight * scale)^T as float32 [..., N]; weight int8 [N, K] (bits 8) or packed [N, K/2] (bits 4).
+                     threshold: float = DEFAULT_THRESHOLD, bias: Tensor | None = None) -> Tensor:
+    """x [..., K] . (weight * scale)^T + bias in x's dtype; weight int8 [N, K] (bits 8) or packed [N, K/2] (bits 4).
 
-    Exact mode is float32 arithmetic on float32(int) * float32(scale), upstream's CPU semantics. `fast` rounds
-    each row of x to int16 for integer dot products, keeping columns with |x| > threshold in float32; see
-    `fast_error_bound` for how far it may be from exact mode.
+    Exact mode is float32 arithmetic on float32(int) * float32(scale), upstream's CPU semantics, the bias
+    added in float32 and the sum rounded once to x's dtype. `fast` rounds each row of x to int16 for integer dot
+    products, keeping columns with |x| > threshold in float32; see `fast_error_bound` for how far it may be from
+    exact mode.
     """
-    name = _plan((x.shape, x.dtype), (weight.shape, weight.dtype), (scale.shape, scale.dtype), bits,
-                 fast)
+    name = _plan((x.shape, x.dtype), (weight.shape, weight.dtype), (scale.shape, scale.dtype), _shape_of(bias),
+                 bits, fast)
     if not name:
-        return dense_matmul(x, dequantize(weight, scale, bits))
+        return _finish(dense_matmul(x, dequantize(weight, scale, bits)), bias, x.dtype)
     if fast:
-        return _kernel(name)(_as_float32(x), weight, scale, Tensor([threshold], ms.float32))
-    return _kernel(name)(_as_float32(x), weight, scale)
+        return _call(name, x, bias, weight, scale, Tensor([threshold], ms.float32))
+    return _call(name, x, bias, weight, scale)
 
 
-def half_matmul(x: Tensor, weight: Tensor) -> Tensor:
-    """x [..., K] . weight^T as float32 [..., N] for a float16 weight [N, K], without a float32 copy of it."""
-    name = _plan((x.shape, x.dtype), (weight.shape, weight.dtype), None, None, False)
+def half_matmul(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x [..., K] . weight^T + bias in x's dtype for a float16 weight [N, K], without a float32 copy of it.
+
+    float32 products and sums, the bias added in float32, rounded once to x's dtype.
+    """
+    name = _plan((x.shape, x.dtype), (weight.shape, weight.dtype), None, _shape_of(bias), None, False)
     if not name:
-        return dense_matmul(x, weight)
-    return _kernel(name)(_as_float32(x), weight)
+        return _finish(dense_matmul(x, weight), bias, x.dtype)
+    return _call(name, x, bias, weight)

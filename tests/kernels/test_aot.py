@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from glm_ms.kernels import dequantize_rows, fast_error_bound
-from tests.kernels.aot import call
+from tests.kernels.aot import call, call_into
 from tests.kernels.conftest import load_torch, random_weights
 from tests.support import FIXTURES
 
@@ -100,6 +100,26 @@ def test_every_build_agrees_with_the_portable_one(library, portable_library):
         assert _rel(a, b) <= 1e-6
 
 
+@pytest.mark.parametrize("kind, fast", [(kind, False) for kind in EXACT] + [(kind, True) for kind in BITS])
+def test_float16_ends_and_the_bias_round_once(library, kind, fast):
+    # y = float32 products + float32(bias), rounded once to y's dtype: float16 x in, float16 y out.
+    name, extra = EXACT[kind] + ("_fast" if fast else ""), [np.float32([6.0])] if fast else []
+    w = random_weights(33, 130, seed=21)
+    for m in (1, 5, 17):
+        x = _x(m, 130, seed=m).astype(np.float16)
+        _, products = call(library.path, name, [x.astype(np.float32), *w.stored(kind), *extra], (m, 33))
+        for bias in (np.linspace(-3, 3, 33).astype(np.float16), np.linspace(-3, 3, 33).astype(np.float32)):
+            y = np.full((m, 33), np.nan, np.float16)
+            assert call_into(library.path, name, [x, *w.stored(kind), *extra, bias], [y]) == 0
+            assert y.tobytes() == (products + bias.astype(np.float32)).astype(np.float16).tobytes()
+            y32 = np.full((m, 33), np.nan, np.float32)
+            assert call_into(library.path, name, [x.astype(np.float32), *w.stored(kind), *extra, bias], [y32]) == 0
+            assert y32.tobytes() == (products + bias.astype(np.float32)).tobytes()
+        y = np.full((m, 33), np.nan, np.float16)
+        assert call_into(library.path, name, [x, *w.stored(kind), *extra], [y]) == 0
+        assert y.tobytes() == products.astype(np.float16).tobytes()
+
+
 def test_leading_dimensions_are_rows(simd_library):
     w = random_weights(9, 34, seed=13)
     x = _x(6, 34, seed=14).reshape(3, 2, 34)
@@ -118,7 +138,7 @@ def test_empty_inputs(simd_library):
 
 @pytest.mark.parametrize("name, inputs, out, code", [
     ("glm_int8_matmul", [np.ones((2, 4), np.float32), np.ones((3, 4), np.int8)], (2, 3), 1),  # no scale
-    ("glm_int8_matmul", [np.ones((2, 4), np.float16), np.ones((3, 4), np.int8), np.ones(3, np.float16)], (2, 3), 2),
+    ("glm_int8_matmul", [np.ones((2, 4), np.float16), np.ones((3, 4), np.int8), np.ones(3, np.float16)], (2, 3), 2),  # y float32
     ("glm_int8_matmul", [np.ones((2, 4), np.float32), np.ones((3, 4), np.int8), np.ones(3, np.float32)], (2, 3), 2),
     ("glm_int8_matmul", [np.ones((2, 5), np.float32), np.ones((3, 4), np.int8), np.ones(3, np.float16)], (2, 3), 3),
     ("glm_int4_matmul", [np.ones((2, 4), np.float32), np.ones((3, 4), np.int8), np.ones(3, np.float16)], (2, 3), 3),
@@ -126,6 +146,14 @@ def test_empty_inputs(simd_library):
     ("glm_half_matmul", [np.ones((2, 4), np.float32), np.ones((3, 4), np.float16)], (2, 4), 3),
     ("glm_int8_matmul_fast", [np.ones((2, 4), np.float32), np.ones((3, 4), np.int8), np.ones(3, np.float16),
                               np.ones(2, np.float32)], (2, 3), 3),
+    ("glm_int8_matmul", [np.ones((2, 4), np.float32), np.ones((3, 4), np.int8), np.ones(3, np.float16),
+                         np.ones(2, np.float32)], (2, 3), 3),  # bias [2] for N = 3
+    ("glm_int8_matmul", [np.ones((2, 4), np.float32), np.ones((3, 4), np.int8), np.ones(3, np.float16),
+                         np.ones(3, np.int8)], (2, 3), 2),
+    ("glm_half_matmul", [np.ones((2, 4), np.float32), np.ones((3, 4), np.float16), np.ones(3, np.float32),
+                         np.ones(3, np.float32)], (2, 3), 1),
+    ("glm_int4_matmul_fast", [np.ones((2, 4), np.float32), np.ones((3, 2), np.int8), np.ones(3, np.float16),
+                              np.ones(1, np.float32), np.ones((1, 3), np.float32)], (2, 3), 3),
 ])
 def test_bad_arguments_return_an_error_code(simd_library, name, inputs, out, code):
     rc, _ = call(simd_library.path, name, inputs, out)

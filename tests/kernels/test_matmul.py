@@ -102,11 +102,50 @@ def test_sequence_batch_inputs_and_views():
     assert _rel(y, w.reference(rows.asnumpy(), "half")) <= 1e-5
 
 
+class Biased(nn.Cell):
+    """A linear layer's one kernel call: the products, the bias and the rounding to x's dtype."""
+
+    def __init__(self, kind, fast):
+        super().__init__()
+        self.bits, self.fast = BITS.get(kind), fast
+
+    def construct(self, x, weight, scale, bias):
+        if self.bits is None:
+            return half_matmul(x, weight, bias)
+        return quantized_matmul(x, weight, scale, self.bits, fast=self.fast, bias=bias)
+
+
+@pytest.mark.parametrize("kind, fast", [("int8", False), ("int4", False), ("half", False), ("int8", True),
+                                        ("int4", True)])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_the_bias_is_added_in_float32_and_rounded_once(kind, fast, dtype):
+    # What a float16 Linear did in five ops (Cast x, kernel, Cast bias, Add, Cast): the same bits from one.
+    w = random_weights(33, 130, seed=8)
+    weight, scale = [Tensor(a) for a in w.stored(kind)] if kind != "half" else (Tensor(w.half), None)
+    bias = (np.random.default_rng(9).standard_normal(33) * 4).astype(dtype)
+    biased = Biased(kind, fast)
+    for m in (1, 3, 17):
+        x = Tensor(_x((m, 130), seed=m).astype(dtype))
+        unbiased = half_matmul(x.astype(ms.float32), weight) if kind == "half" else quantized_matmul(
+            x.astype(ms.float32), weight, scale, BITS[kind], fast=fast)
+        expected = (unbiased.asnumpy() + bias.astype(np.float32)).astype(dtype)
+        for run in (biased, ms.jit(biased)):
+            y = run(x, weight, scale, Tensor(bias))
+            assert y.dtype == x.dtype and y.shape == (m, 33)
+            assert y.asnumpy().tobytes() == expected.tobytes(), (kind, fast, m)
+    no_bias = half_matmul(x, weight) if kind == "half" else quantized_matmul(x, weight, scale, BITS[kind], fast=fast)
+    assert no_bias.dtype == x.dtype and no_bias.asnumpy().tobytes() == unbiased.asnumpy().astype(dtype).tobytes()
+
+
 def test_float16_activations_are_computed_in_float32():
     w = random_weights(7, 10, seed=8)
     x = _x((3, 10), seed=9).astype(np.float16)
     y = quantized_matmul(Tensor(x), Tensor(w.int8), Tensor(w.scale8), 8)
-    assert y.dtype == ms.float32 and _rel(y.asnumpy(), w.reference(x, "int8")) <= 1e-5
+    assert y.dtype == ms.float16
+    assert _rel(y.asnumpy().astype(np.float64), w.reference(x, "int8")) <= 1e-3  # float16's own rounding
+    bf16 = quantized_matmul(Tensor(x).astype(ms.bfloat16), Tensor(w.int8), Tensor(w.scale8), 8)
+    assert bf16.dtype == ms.bfloat16
+    assert _rel(bf16.astype(ms.float32).asnumpy(), w.reference(x, "int8")) <= 1e-2
 
 
 @pytest.mark.parametrize("kind", ["int8", "int4", "half"])
@@ -144,6 +183,12 @@ def test_bad_arguments_are_clear_errors(mode):
         cell = Linear(bits)
         with pytest.raises(QuantizationError, match=message):
             (cell if mode == "eager" else ms.jit(cell))(*inputs)
+    for kind, bias in (("int8", np.zeros(6, np.float32)), ("half", np.zeros(7, np.int32)),
+                       ("int8", np.zeros((1, 7), np.float16))):
+        cell = Biased(kind, False)
+        with pytest.raises(QuantizationError, match=r"bias must be a floating-point \[N\] = \[7\]"):
+            (cell if mode == "eager" else ms.jit(cell))(x, Tensor(w.half) if kind == "half" else q8, s8,
+                                                       Tensor(bias))
 
 
 FALLBACK = textwrap.dedent("""\

@@ -3,8 +3,9 @@
 // (|x| > threshold, or not finite, in any row) are left out of the int16 copy and added in float32 instead.
 // The rounding error of an element is at most max|x_row| / 65534, hence |y_fast - y_exact| per output is at most
 // scale[n] * sum_k |w[n, k]| * max|x_row over non-outlier columns| / 65534 (plus float32 rounding).
-//   glm_int8_matmul_fast(x, w int8 [N, K], scale float16 [N], threshold float32 [1]) -> y
-//   glm_int4_matmul_fast(x, w int8 [N, K/2], scale float16 [N], threshold float32 [1]) -> y
+//   glm_int8_matmul_fast(x, w int8 [N, K], scale float16 [N], threshold float32 [1][, bias]) -> y
+//   glm_int4_matmul_fast(x, w int8 [N, K/2], scale float16 [N], threshold float32 [1][, bias]) -> y
+// x, y and the bias as for the exact kernels (FloatEnds).
 #include <algorithm>
 #include <vector>
 
@@ -181,34 +182,35 @@ void fast_matmul(const W &w, const Quantized &p, int64_t M, int64_t kp, int64_t 
   }
 }
 
-// Shared checks and dispatch: more than a quarter of the columns being outliers leaves nothing to gain, so such
-// inputs take the exact path.
+// Shared checks and dispatch (x, w, scale, threshold[, bias] -> y): more than a quarter of the columns being
+// outliers leaves nothing to gain, so such inputs take the exact path.
 template <class W>
 int fast_entry(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
   const Call c{nparam, params, ndims, shapes, dtypes};
-  if (nparam != 5) return kBadArity;
-  if (!c.dtype_is(0, "float32") || !c.dtype_is(1, "int8") || !c.dtype_is(2, "float16") ||
-      !c.dtype_is(3, "float32") || !c.dtype_is(4, "float32"))
-    return kBadDtype;
-  if (c.ndims[0] < 1 || c.ndims[1] != 2 || c.ndims[2] != 1 || c.ndims[4] != c.ndims[0]) return kBadShape;
-  const int64_t K = c.last(0), M = c.leading(0), N = c.dim(1, 0);
-  if (c.dim(1, 1) * W::S != K || c.dim(2, 0) != N || c.last(4) != N || c.leading(4) != M || c.leading(3) * c.last(3) != 1)
-    return kBadShape;
-  const float *x = (const float *)params[0];
+  if (nparam != 5 && nparam != 6) return kBadArity;
+  const FloatEnds ends{0, nparam == 6 ? 4 : -1, nparam - 1};
+  if (!c.dtype_is(1, "int8") || !c.dtype_is(2, "float16") || !c.dtype_is(3, "float32")) return kBadDtype;
+  if (c.ndims[1] != 2 || c.ndims[2] != 1) return kBadShape;
+  const int64_t N = c.dim(1, 0);
+  int64_t M, K;
+  if (int rc = ends.check(c, N, M, K)) return rc;
+  if (c.dim(1, 1) * W::S != K || c.dim(2, 0) != N || c.leading(3) * c.last(3) != 1) return kBadShape;
+  std::vector<float> xb, yb;
+  const float *x = ends.input(c, M * K, xb);
+  float *y = ends.products(c, M * N, yb);
   const int8_t *wq = (const int8_t *)params[1];
   const uint16_t *scale = (const uint16_t *)params[2];
   const float threshold = *(const float *)params[3];
-  float *y = (float *)params[4];
-  const W w{wq, K / W::S};
   Quantized p;
   p.cols = outlier_columns(x, M, K, threshold);
   if ((int64_t)p.cols.size() * 4 > K) {
     if (W::S == 1) exact_int8(x, wq, scale, M, K, N, y);
     else exact_int4(x, wq, scale, M, K, N, y);
-    return kOk;
+  } else {
+    quantize_rows(x, M, K, W::S, p);
+    fast_matmul(W{wq, K / W::S}, p, M, K / W::S, N, scale, y);
   }
-  quantize_rows(x, M, K, W::S, p);
-  fast_matmul(w, p, M, K / W::S, N, scale, y);
+  ends.finish(c, y, M, N);
   return kOk;
 }
 

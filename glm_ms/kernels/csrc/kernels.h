@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define GLM_SIMD 1
@@ -211,5 +212,62 @@ inline void prefetch(const W &w, int64_t n, int64_t j, int64_t steps) {
 
 // Scale of row n as float32 (float16 storage).
 inline float scale_at(const uint16_t *scale, int64_t n) { return half_to_float(scale[n]); }
+
+// The float ends of a matmul call: x [..., K] and y [..., N], both float32 or both float16, and an optional bias
+// [N], float32 or float16. The kernels multiply in float32; y = the float32 products + float32(bias), rounded
+// once to y's dtype, as a float16 Linear that upstream runs on the CPU through `.float()` would round it.
+struct FloatEnds {
+  int x, bias, y;  // parameter indices; bias < 0: none
+
+  // Checks the dtypes and that x and y have the same leading dimensions and bias [N]; sets M, K.
+  int check(const Call &c, int64_t N, int64_t &M, int64_t &K) const {
+    const bool half = c.dtype_is(x, "float16");
+    if (!half && !c.dtype_is(x, "float32")) return kBadDtype;
+    if (!c.dtype_is(y, half ? "float16" : "float32")) return kBadDtype;
+    if (bias >= 0 && !c.dtype_is(bias, "float16") && !c.dtype_is(bias, "float32")) return kBadDtype;
+    if (c.ndims[x] < 1 || c.ndims[y] != c.ndims[x]) return kBadShape;
+    K = c.last(x);
+    M = c.leading(x);
+    if (c.last(y) != N || c.leading(y) != M) return kBadShape;
+    if (bias >= 0 && (c.ndims[bias] != 1 || c.dim(bias, 0) != N)) return kBadShape;
+    return kOk;
+  }
+
+  // x [M, K] as float32: the input itself, or converted into `buffer`.
+  const float *input(const Call &c, int64_t count, std::vector<float> &buffer) const {
+    if (c.dtype_is(x, "float32")) return (const float *)c.params[x];
+    const uint16_t *h = (const uint16_t *)c.params[x];
+    buffer.resize((size_t)count);
+    for (int64_t i = 0; i < count; i++) buffer[i] = half_to_float(h[i]);
+    return buffer.data();
+  }
+
+  // Where the float32 products go: y itself, or `buffer` when y is float16.
+  float *products(const Call &c, int64_t count, std::vector<float> &buffer) const {
+    if (c.dtype_is(y, "float32")) return (float *)c.params[y];
+    buffer.resize((size_t)count);
+    return buffer.data();
+  }
+
+  // y [M, N] = products + bias, rounded once to y's dtype.
+  void finish(const Call &c, const float *products, int64_t M, int64_t N) const {
+    std::vector<float> b((size_t)N, 0.0f);
+    if (bias >= 0) {
+      const bool half = c.dtype_is(bias, "float16");
+      for (int64_t n = 0; n < N; n++)
+        b[n] = half ? half_to_float(((const uint16_t *)c.params[bias])[n]) : ((const float *)c.params[bias])[n];
+    }
+    if (c.dtype_is(y, "float32")) {  // products are y itself
+      float *out = (float *)c.params[y];
+      if (bias >= 0)
+        for (int64_t m = 0; m < M; m++)
+          for (int64_t n = 0; n < N; n++) out[m * N + n] += b[n];
+      return;
+    }
+    uint16_t *out = (uint16_t *)c.params[y];
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t n = 0; n < N; n++) out[m * N + n] = float_to_half(products[m * N + n] + b[n]);
+  }
+};
 
 }  // namespace glm
