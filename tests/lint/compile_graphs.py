@@ -26,6 +26,8 @@ def compile_family(family: str) -> int:
             cell.fused_attention = False  # likewise the attention ops, not the CPU decode-attention kernel
         if hasattr(cell, "gelu_kernel"):
             cell.gelu_kernel = False  # and MindSpore's GeLU, not glm_ms's CPU GELU kernel
+        if hasattr(cell, "residual_kernel"):
+            cell.residual_kernel = False  # and MindSpore's Mul and Add, not glm_ms's CPU residual kernel
     ids = model.check_ids([[7, 8, 9, 10, 11]])
     mask, positions = model.prompt_inputs(ids)
     decoder = Decoder(model, ids, mask, positions, max_length=24, compiled=True)
