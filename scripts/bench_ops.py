@@ -2,8 +2,8 @@
 next to the MindSpore ops it replaces, as JSON.
 
 Each graph chains `--repeat` calls, so a call's cost includes MindSpore's own cost per op (what a decode step pays
-per layer): the GELU of 16384 values and the split + 2D rotary of the fused query/key/value output (32 heads of
-128), in float16 and float32.
+per layer): the GELU of 16384 values, the split + 2D rotary of the fused query/key/value output (32 heads of
+128) and the deep-norm residual x * alpha + y of 4096 values, in float16 and float32.
 
     python scripts/bench_ops.py [--repeat 20] [--calls 30] [--trials 3]
 """
@@ -25,12 +25,25 @@ def graphs(dtype, repeat: int, rng) -> dict:
 
     from glm_ms.kernels.attention import rotary_2d
     from glm_ms.kernels.activation import gelu_tanh
+    from glm_ms.kernels.residual import scaled_add
     from glm_ms.models.chatglm import apply_rotary
 
     np_dtype = np.float16 if dtype == ms.float16 else np.float32
     h = Tensor(rng.standard_normal((1, 1, 16384)).astype(np_dtype))
     qkv = Tensor(rng.standard_normal((1, 1, 32 * 3 * 128)).astype(np_dtype))
     cos = Tensor(rng.standard_normal((1, 1, 1, 128)).astype(np_dtype))
+    x = Tensor(rng.standard_normal((1, 1, 4096)).astype(np_dtype))
+    alpha = 0.5  # ChatGLM-6B's is sqrt(56): chained 20 times, float16 would overflow
+
+    def residual_kernel(y):
+        for _ in range(repeat):
+            y = scaled_add(x, y, alpha)
+        return y
+
+    def residual_ops(y):
+        for _ in range(repeat):
+            y = x * alpha + y
+        return y
 
     def gelu_kernel(h):
         for _ in range(repeat):
@@ -60,7 +73,8 @@ def graphs(dtype, repeat: int, rng) -> dict:
             out = out + k[:, :, :1]
         return out
 
-    return {"gelu_16384": (gelu_kernel, gelu_ops, h), "rotary_32x128": (rotary_kernel, rotary_ops, qkv)}
+    return {"gelu_16384": (gelu_kernel, gelu_ops, h), "rotary_32x128": (rotary_kernel, rotary_ops, qkv),
+            "residual_4096": (residual_kernel, residual_ops, x)}
 
 
 def main(argv: list[str] | None = None) -> int:

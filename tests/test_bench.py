@@ -92,6 +92,6 @@ def test_ops_bench_record(capsys, monkeypatch):
     record = json.loads(capsys.readouterr().out)
     assert record["repeat"] == 2
     rows = {(r["step"], r["dtype"]): r for r in record["results"]}
-    assert set(rows) == {(step, dtype) for step in ("gelu_16384", "rotary_32x128")
+    assert set(rows) == {(step, dtype) for step in ("gelu_16384", "rotary_32x128", "residual_4096")
                          for dtype in ("float16", "float32")}
     assert all(r["kernel_us_per_call"] > 0 and r["mindspore_ops_us_per_call"] > 0 for r in rows.values())

@@ -14,11 +14,11 @@ from mindspore import Tensor, nn, ops
 
 from ..cells.attention import cache_attention, fused_attention_here
 from ..cells.kv_cache import KVCache
-from ..cells.layers import Embedding, LayerNorm, Linear
+from ..cells.layers import Embedding, LayerNorm, Linear, residual_add
 from ..cells.masks import PromptMask
 from ..config import ChatGLMConfig
 from ..errors import GenerationError
-from ..kernels import activation, residual
+from ..kernels import activation
 from ..kernels.attention import rotary_2d
 from ..positions import position_ids_2d, prefix_lm_mask
 from .base import CausalLM, CausalLMOutput, host_array, last_position
@@ -136,13 +136,6 @@ class GeluMLP(nn.Cell):
         return self.dense_4h_to_h(gelu_tanh(self.dense_h_to_4h(x), self.gelu_kernel))
 
 
-def alpha_residual(x: Tensor, alpha: float, y: Tensor, kernel: bool = False) -> Tensor:
-    """x * alpha + y; `kernel` (the CPU with glm_ms's kernels) does it in one op, rounded as the two ops are."""
-    if kernel and x.dtype == y.dtype and x.dtype in (ms.float32, ms.float16):
-        return residual.scaled_add(x, y, alpha)
-    return x * alpha + y
-
-
 class GLMBlock(nn.Cell):
     """LN → attention → alpha residual → LN → GELU MLP → alpha residual."""
 
@@ -155,16 +148,15 @@ class GLMBlock(nn.Cell):
         self.attention = SelfAttention(config, layer_id, dtype=dtype)
         self.post_attention_layernorm = LayerNorm(config.hidden_size, config.layernorm_epsilon, dtype=dtype)
         self.mlp = GeluMLP(config.hidden_size, config.inner_hidden_size, dtype=dtype)
-        # MindSpore's float16 Mul and Add take ~0.17 ms each on the CPU at ChatGLM-6B's width; the kernel, microseconds.
-        self.residual_kernel = fused_attention_here()
+        self.residual_kernel = fused_attention_here()  # the sums in one CPU kernel (cells.layers.residual_add)
 
     def construct(self, x, cos, sin, mask, cache_positions):
         """x [b, s, hidden] → [b, s, hidden]."""
         attention_input = self.input_layernorm(x)
         attention_output = self.attention(attention_input, cos, sin, mask, cache_positions)
-        h = alpha_residual(attention_input, self.alpha, attention_output, self.residual_kernel)
+        h = residual_add(attention_input, attention_output, self.alpha, self.residual_kernel)
         mlp_input = self.post_attention_layernorm(h)
-        return alpha_residual(mlp_input, self.alpha, self.mlp(mlp_input), self.residual_kernel)
+        return residual_add(mlp_input, self.mlp(mlp_input), self.alpha, self.residual_kernel)
 
 
 # ----------------------------------------------------------------------------- the network

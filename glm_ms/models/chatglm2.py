@@ -16,7 +16,7 @@ from mindspore import Tensor, nn, ops
 
 from ..cells.attention import cache_attention, fused_attention_here
 from ..cells.kv_cache import KVCache
-from ..cells.layers import Embedding, LayerNorm, Linear, RMSNorm
+from ..cells.layers import Embedding, LayerNorm, Linear, RMSNorm, residual_add
 from ..cells.masks import PromptMask
 from ..config import ChatGLM2Config
 from ..errors import GenerationError
@@ -166,13 +166,15 @@ class GLM2Block(nn.Cell):
         self.self_attention = MultiQueryAttention(config, layer_number, dtype=dtype)
         self.post_attention_layernorm = make_norm(config, dtype)
         self.mlp = SwiGLUMLP(config.hidden_size, config.ffn_hidden_size, bias=config.add_bias_linear, dtype=dtype)
+        self.residual_kernel = fused_attention_here()  # the sums in one CPU kernel (cells.layers.residual_add)
 
     def construct(self, x, cos, sin, mask, cache_positions):
         """x [b, s, hidden] → [b, s, hidden]."""
         normed = self.input_layernorm(x)
-        h = (normed if self.post_norm_residual else x) + self.self_attention(normed, cos, sin, mask, cache_positions)
+        attention_output = self.self_attention(normed, cos, sin, mask, cache_positions)
+        h = residual_add(normed if self.post_norm_residual else x, attention_output, kernel=self.residual_kernel)
         normed = self.post_attention_layernorm(h)
-        return (normed if self.post_norm_residual else h) + self.mlp(normed)
+        return residual_add(normed if self.post_norm_residual else h, self.mlp(normed), kernel=self.residual_kernel)
 
 
 # ----------------------------------------------------------------------------- the network

@@ -36,17 +36,18 @@ def test_the_kernel_rounds_as_the_reference(library, dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
-def test_eager_and_compiled_equal_mindspores_mul_and_add(simd_library, dtype):
+@pytest.mark.parametrize("alpha", [ALPHA, 1.0])  # ChatGLM-6B's deep-norm sum; ChatGLM2's plain one
+def test_eager_and_compiled_equal_mindspores_mul_and_add(simd_library, dtype, alpha):
     ms = pytest.importorskip("mindspore")
+    from glm_ms.cells.layers import residual_add
     from glm_ms.device import select_device
-    from glm_ms.models.chatglm import alpha_residual
     select_device("CPU")
     x, y = _values((2, 3, 4096), dtype, 3), _values((2, 3, 4096), dtype, 4)
-    ops_path = alpha_residual(ms.Tensor(x), ALPHA, ms.Tensor(y)).asnumpy()
-    assert ops_path.tobytes() == _reference(x, y, ALPHA).tobytes()  # what the reference models
+    ops_path = residual_add(ms.Tensor(x), ms.Tensor(y), alpha).asnumpy()
+    assert ops_path.tobytes() == _reference(x, y, alpha).tobytes()  # what the reference models
 
     def kernel(a, b):
-        return alpha_residual(a, ALPHA, b, True)
+        return residual_add(a, b, alpha, True)
 
     for run in (kernel, ms.jit(kernel)):
         out = run(ms.Tensor(x), ms.Tensor(y))
