@@ -1,9 +1,10 @@
 """glm_ms's CPU kernels for weight-only quantized (int8, int4) and float16 linear layers, and decode attention.
 
 `quantized_matmul(x, weight, scale, bits, fast=False, bias=None)` and `half_matmul(x, weight, bias=None)` are
-MindSpore functions (eager and inside `mindspore.jit`; a whole linear layer in one op, in x's dtype), loaded with MindSpore on first use (`glm_ms.kernels.attention.cached_attention`
-reads the static KV cache where it lies); the numpy quantizer (`quantize_rows`,
-the published checkpoints' arithmetic) and the kernel builder (`build_library`, `clear_cache`) need no MindSpore.
+MindSpore functions (eager and inside `mindspore.jit`; a whole linear layer in one op, in x's dtype), loaded with
+MindSpore on first use (`glm_ms.kernels.attention.cached_attention` reads the static KV cache where it lies); the
+numpy quantizer (`quantize_rows`, the published checkpoints' arithmetic) and the kernel builder (`build_library`,
+`clear_cache`) need no MindSpore.
 """
 from __future__ import annotations
 

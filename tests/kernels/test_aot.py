@@ -138,7 +138,8 @@ def test_empty_inputs(simd_library):
 
 @pytest.mark.parametrize("name, inputs, out, code", [
     ("glm_int8_matmul", [np.ones((2, 4), np.float32), np.ones((3, 4), np.int8)], (2, 3), 1),  # no scale
-    ("glm_int8_matmul", [np.ones((2, 4), np.float16), np.ones((3, 4), np.int8), np.ones(3, np.float16)], (2, 3), 2),  # y float32
+    # float16 x with a float32 y
+    ("glm_int8_matmul", [np.ones((2, 4), np.float16), np.ones((3, 4), np.int8), np.ones(3, np.float16)], (2, 3), 2),
     ("glm_int8_matmul", [np.ones((2, 4), np.float32), np.ones((3, 4), np.int8), np.ones(3, np.float32)], (2, 3), 2),
     ("glm_int8_matmul", [np.ones((2, 5), np.float32), np.ones((3, 4), np.int8), np.ones(3, np.float16)], (2, 3), 3),
     ("glm_int4_matmul", [np.ones((2, 4), np.float32), np.ones((3, 4), np.int8), np.ones(3, np.float16)], (2, 3), 3),

@@ -215,7 +215,7 @@ inline float scale_at(const uint16_t *scale, int64_t n) { return half_to_float(s
 
 // The float ends of a matmul call: x [..., K] and y [..., N], both float32 or both float16, and an optional bias
 // [N], float32 or float16. The kernels multiply in float32; y = the float32 products + float32(bias), rounded
-// once to y's dtype, as a float16 Linear that upstream runs on the CPU through `.float()` would round it.
+// once to y's dtype: the bits of Cast x · float32 product · Add float32(bias) · Cast, in one op.
 struct FloatEnds {
   int x, bias, y;  // parameter indices; bias < 0: none
 
