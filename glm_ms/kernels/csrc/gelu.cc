@@ -85,12 +85,8 @@ extern "C" int glm_gelu_tanh(int nparam, void **params, int *ndims, int64_t **sh
   if (nparam != 2) return kBadArity;
   const bool half = c.dtype_is(0, "float16");
   if (!(half || c.dtype_is(0, "float32")) || std::strcmp(dtypes[0], dtypes[1]) != 0) return kBadDtype;
-  if (ndims[0] != ndims[1]) return kBadShape;
-  int64_t n = 1;
-  for (int d = 0; d < ndims[0]; d++) {
-    if (c.dim(0, d) != c.dim(1, d)) return kBadShape;
-    n *= c.dim(0, d);
-  }
+  if (!c.same_shape(0, 1)) return kBadShape;
+  const int64_t n = c.elements(0);
   if (half)
     run((const uint16_t *)params[0], (uint16_t *)params[1], n);
   else

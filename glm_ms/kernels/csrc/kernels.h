@@ -46,6 +46,17 @@ struct Call {
     for (int d = 0; d + 1 < ndims[i]; d++) n *= shapes[i][d];
     return n;
   }
+  int64_t elements(int i) const {  // product of every dimension
+    int64_t n = 1;
+    for (int d = 0; d < ndims[i]; d++) n *= shapes[i][d];
+    return n;
+  }
+  bool same_shape(int i, int j) const {
+    if (ndims[i] != ndims[j]) return false;
+    for (int d = 0; d < ndims[i]; d++)
+      if (shapes[i][d] != shapes[j][d]) return false;
+    return true;
+  }
 };
 
 // IEEE binary16 -> binary32: F16C where built with it, else in software (the portable build), the same values.
@@ -249,24 +260,27 @@ struct FloatEnds {
     return buffer.data();
   }
 
-  // y [M, N] = products + bias, rounded once to y's dtype.
+  // y [M, N] = products + bias, rounded once to y's dtype (without a bias nothing is added: -0 stays -0).
   void finish(const Call &c, const float *products, int64_t M, int64_t N) const {
-    std::vector<float> b((size_t)N, 0.0f);
+    const bool y_half = c.dtype_is(y, "float16");
+    if (!y_half && bias < 0) return;  // products are y itself
+    std::vector<float> b;
     if (bias >= 0) {
       const bool half = c.dtype_is(bias, "float16");
+      b.resize((size_t)N);
       for (int64_t n = 0; n < N; n++)
         b[n] = half ? half_to_float(((const uint16_t *)c.params[bias])[n]) : ((const float *)c.params[bias])[n];
     }
-    if (c.dtype_is(y, "float32")) {  // products are y itself
+    if (!y_half) {
       float *out = (float *)c.params[y];
-      if (bias >= 0)
-        for (int64_t m = 0; m < M; m++)
-          for (int64_t n = 0; n < N; n++) out[m * N + n] += b[n];
+      for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) out[m * N + n] += b[n];
       return;
     }
     uint16_t *out = (uint16_t *)c.params[y];
     for (int64_t m = 0; m < M; m++)
-      for (int64_t n = 0; n < N; n++) out[m * N + n] = float_to_half(products[m * N + n] + b[n]);
+      for (int64_t n = 0; n < N; n++)
+        out[m * N + n] = float_to_half(b.empty() ? products[m * N + n] : products[m * N + n] + b[n]);
   }
 };
 

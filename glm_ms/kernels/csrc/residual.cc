@@ -36,12 +36,8 @@ extern "C" int glm_scaled_add(int nparam, void **params, int *ndims, int64_t **s
   const bool half = c.dtype_is(0, "float16");
   if (!(half || c.dtype_is(0, "float32")) || !c.dtype_is(2, "float32")) return kBadDtype;
   if (std::strcmp(dtypes[0], dtypes[1]) != 0 || std::strcmp(dtypes[0], dtypes[3]) != 0) return kBadDtype;
-  if (ndims[0] != ndims[1] || ndims[0] != ndims[3] || ndims[2] != 1 || c.dim(2, 0) != 1) return kBadShape;
-  int64_t n = 1;
-  for (int d = 0; d < ndims[0]; d++) {
-    if (c.dim(0, d) != c.dim(1, d) || c.dim(0, d) != c.dim(3, d)) return kBadShape;
-    n *= c.dim(0, d);
-  }
+  if (!c.same_shape(0, 1) || !c.same_shape(0, 3) || ndims[2] != 1 || c.dim(2, 0) != 1) return kBadShape;
+  const int64_t n = c.elements(0);
   const float alpha = *(const float *)params[2];
   if (half)
     scaled_add((const uint16_t *)params[0], (const uint16_t *)params[1], alpha, (uint16_t *)params[3], n);
