@@ -100,6 +100,32 @@ def test_every_build_agrees_with_the_portable_one(library, portable_library):
         assert _rel(a, b) <= 1e-6
 
 
+@pytest.mark.parametrize("kind", list(BITS))
+def test_fast_mode_is_the_same_integer_arithmetic_at_every_level(library, portable_library, kind):
+    # The AVX-512 build splits each int16 activation into bytes for VNNI's byte products; the sums are exact
+    # integers at every level, so the outputs agree bit for bit. Rows at the int16 extremes and weights at the
+    # int8/int4 extremes fill the int32 lanes as far as any input can; K spans several integer blocks and a tail.
+    rng = np.random.default_rng(21)
+    n, k = 19, 2 * 2048 + 64 + 18
+    w = random_weights(n, k, seed=22)
+    weight, scale = w.stored(kind)
+    weight = weight.copy()
+    weight[0] = -128 if kind == "int8" else np.int8(-0x78)  # int4: -8 in every nibble (0x88)
+    weight[1] = 127 if kind == "int8" else np.int8(0x77)
+    for m in (1, 2, 3, 4, 5, 17):
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        x[0] = 1.0  # every element the row's max: int16 32767 everywhere
+        if m > 1:
+            x[1] = -1.0
+            x[1, 7] = 50.0  # an outlier column (left in float32)
+        out = []
+        for lib in (library, portable_library):
+            rc, y = call(lib.path, EXACT[kind] + "_fast", [x, weight, scale, np.float32([6.0])], (m, n))
+            assert rc == 0
+            out.append(y)
+        np.testing.assert_array_equal(out[0].view(np.uint32), out[1].view(np.uint32), err_msg=f"{kind} m={m}")
+
+
 @pytest.mark.parametrize("kind, fast", [(kind, False) for kind in EXACT] + [(kind, True) for kind in BITS])
 def test_float16_ends_and_the_bias_round_once(library, kind, fast):
     # y = float32 products + float32(bias), rounded once to y's dtype: float16 x in, float16 y out.
