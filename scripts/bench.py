@@ -98,20 +98,40 @@ def streamed_matrices(model) -> list[tuple[int, int, int]]:
     return [(p.shape[0], p.shape[1], size[p.dtype]) for p in model.weight_parameters().values() if len(p.shape) == 2]
 
 
+BOUND_WINDOW = 512 << 20  # bytes the bound reads before coming back to memory it has read: far beyond any L3
+
+
+def bound_offsets(sizes: list[int], window: int) -> list[int]:
+    """Where in a buffer of `window` elements each matrix of `sizes` elements is read: one after another,
+    starting over only when the next would run past the end (so no matrix is read from a cache that the
+    previous ones have just filled, as the model's own weights are not)."""
+    offsets, at = [], 0
+    for size in sizes:
+        if at + size > window:
+            at = 0
+        offsets.append(at)
+        at += size
+    return offsets
+
+
 def bandwidth_bound_ms(mats: list[tuple[int, int, int]], repeats: int = 5) -> tuple[float, int]:
-    """Best time of numpy fp32 `x @ W.T` over matrices holding the same bytes as the model's (one buffer reused)."""
+    """Best time of numpy fp32 `x @ W.T` over matrices holding the same bytes as the model's, each read from
+    memory the others have not just read (a buffer of the model's bytes, at most BOUND_WINDOW, read in turn)."""
     shapes = [(max(1, rows * size // 4), cols) for rows, cols, size in mats]
-    buffer = np.ones(max(r * c for r, c in shapes), dtype=np.float32)
+    sizes = [r * c for r, c in shapes]
+    window = min(sum(sizes), max(max(sizes), BOUND_WINDOW // 4))
+    offsets = bound_offsets(sizes, window)
+    buffer = np.ones(window, dtype=np.float32)
     xs = {cols: np.ones(cols, dtype=np.float32) for _, cols in shapes}
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        for rows, cols in shapes:
-            w = buffer[:rows * cols].reshape(rows, cols)
+        for (rows, cols), at in zip(shapes, offsets):
+            w = buffer[at:at + rows * cols].reshape(rows, cols)
             (xs[cols] @ w.T).sum()
         best = min(best, time.perf_counter() - start)
     del buffer
-    return best * 1e3, sum(r * c * 4 for r, c in shapes)
+    return best * 1e3, sum(sizes) * 4
 
 
 def timed_stream(model, prompt: np.ndarray, new_tokens: int, stop_after: int | None = None,

@@ -48,6 +48,16 @@ def test_float16_record(bench, capsys):
     assert record["weight_bytes_per_token"] == stored_bytes(64, 128, 512, 1, None, False) // 2
 
 
+def test_the_bound_reads_each_matrix_from_fresh_memory(bench):
+    # One after another through the window, starting over only when the next would not fit: a layer's matrix is
+    # never read from where the one before it was (which a large L3 would still hold).
+    assert bench.bound_offsets([40, 30, 20, 50, 10], window=100) == [0, 40, 70, 0, 50]
+    assert bench.bound_offsets([100, 100], window=100) == [0, 0]
+    mats = [(6, 8, 4), (12, 8, 1), (4, 16, 2)]
+    ms, streamed = bench.bandwidth_bound_ms(mats, repeats=1)
+    assert streamed == sum(r * c * s for r, c, s in mats) and ms > 0
+
+
 @pytest.mark.parametrize("flags", [["--fast"], ["--quantize-embeddings"], ["--quantize", "3"]])
 def test_quantization_flags_are_checked(bench, flags):
     with pytest.raises(SystemExit):
