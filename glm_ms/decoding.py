@@ -125,6 +125,14 @@ def _sample(logits, temperature, top_p, uniform, top_k, compute_dtype):
     return ops.where(ok, tokens, ops.full_like(tokens, -1))
 
 
+def guard_argmax(token: int, score: float) -> int:
+    """The greedy choice over the guard's scores (zeros, `score` at `token`), as numpy's argmax makes it: the
+    first maximum, a NaN counting as the maximum."""
+    if not score <= 0:  # above zero, or NaN
+        return token
+    return int(token == 0) if score < 0 else 0
+
+
 class _Step(nn.Cell):
     """`model.forward_step` on the last position followed by the token choice: the unit compiled as a graph."""
 
@@ -135,6 +143,7 @@ class _Step(nn.Cell):
         self.mode = mode  # "logits" | "greedy" | "sample"
         self.guard_token = guard_token
         self.guard_score = guard_score
+        self.guard_pick = guard_argmax(guard_token, guard_score)
 
     def construct(self, ids, positions, mask, slots, temperature, top_p, top_k, uniform, guard):
         logits = self.model.forward_step(ids, positions, mask, slots, True)   # [b, 1, vocab] float32
@@ -144,10 +153,12 @@ class _Step(nn.Cell):
             return logits
         # The guard's scores replace the logits before the choice, as the eager processor does.
         invalid = ops.logical_and(guard, ops.logical_not(ops.isfinite(logits).all()))
+        if self.mode == "greedy":
+            # Its argmax is a constant: no row of guard scores is built over the vocabulary.
+            tokens = ops.Argmax(axis=-1, output_type=ms.int32)(logits)
+            return ops.where(invalid, ops.full_like(tokens, self.guard_pick), tokens)
         column = (ops.arange(logits.shape[-1], dtype=ms.int32) == self.guard_token).astype(ms.float32)
         logits = ops.where(invalid, ops.zeros_like(logits) + column * self.guard_score, logits)
-        if self.mode == "greedy":
-            return ops.Argmax(axis=-1, output_type=ms.int32)(logits)
         return _sample(logits, temperature, top_p, uniform, top_k, self.model.compute_dtype)
 
 

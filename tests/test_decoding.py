@@ -100,9 +100,23 @@ def test_invalid_scores_guard_inside_the_graph(tiny_dir, golden):
                                                      logits_processor=[InvalidScoreLogitsProcessor()]))
         np.testing.assert_array_equal(fast, eager)
         assert (fast[0, ids.shape[1]:] == InvalidScoreLogitsProcessor.token).all()
+    odd = InvalidScoreLogitsProcessor()
+    odd.token, odd.score = 0, -1.0  # the greedy pick is then id 1, the first of the zeros
+    fast, eager = both(lambda c: broken.generate(ids, max_new_tokens=2, compiled=c, logits_processor=[odd]))
+    np.testing.assert_array_equal(fast, eager)
+    assert (fast[0, ids.shape[1]:] == 1).all()
     for compiled in (True, False):  # without the guard there is nothing to sample from: the same clear error
         with pytest.raises(GenerationError, match="cannot sample"):
             broken.generate(ids, max_new_tokens=3, do_sample=True, seed=0, compiled=compiled)
+
+
+@pytest.mark.parametrize("token", [0, 3])
+@pytest.mark.parametrize("score", [5e4, 1e-3, 0.0, -2.0, float("nan")])
+def test_the_greedy_guard_pick_is_the_argmax_of_the_guard_scores(token, score):
+    from glm_ms.decoding import guard_argmax
+    row = np.zeros(8, np.float32)
+    row[token] = score
+    assert guard_argmax(token, score) == int(np.argmax(row))
 
 
 def test_buckets():
