@@ -146,5 +146,7 @@ def render_seconds(text):
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_rendering_time_grows_linearly(name):
     small, large = HOSTILE[name](8_000), HOSTILE[name](32_000)
-    ratio = render_seconds(large) / render_seconds(small)
+    # The best of three ratios, each timed back to back: another process taking the CPU for a moment (a CI box
+    # running other jobs) can slow one timing, not all three pairs, while a quadratic pass is ~16x in every pair.
+    ratio = min(render_seconds(large) / render_seconds(small) for _ in range(3))
     assert ratio < 10, f"{name}: 4x the text took {ratio:.1f}x the time (quadratic would be ~16x)"
