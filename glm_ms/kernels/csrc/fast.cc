@@ -26,9 +26,29 @@ struct Quantized {
   std::vector<float> outliers;   // [M][cols.size()]
 };
 
+#if GLM_SIMD
+inline __m256 abs8(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+#endif
+
 std::vector<int64_t> outlier_columns(const float *x, int64_t M, int64_t K, float threshold) {
   std::vector<int64_t> cols;
-  for (int64_t k = 0; k < K; k++)
+  int64_t k = 0;
+#if GLM_SIMD
+  const __m256 limit = _mm256_set1_ps(threshold);
+  for (; k + 8 <= K; k += 8) {
+    int inside = 0xFF;  // columns k..k+7 with |x| <= threshold in every row (a NaN compares false)
+    for (int64_t m = 0; m < M && inside == 0xFF; m++)
+      inside &= _mm256_movemask_ps(_mm256_cmp_ps(abs8(_mm256_loadu_ps(x + m * K + k)), limit, _CMP_LE_OQ));
+    if (inside == 0xFF) continue;
+    for (int64_t c = k; c < k + 8; c++)
+      for (int64_t m = 0; m < M; m++)
+        if (!(std::fabs(x[m * K + c]) <= threshold)) {
+          cols.push_back(c);
+          break;
+        }
+  }
+#endif
+  for (; k < K; k++)
     for (int64_t m = 0; m < M; m++)
       if (!(std::fabs(x[m * K + k]) <= threshold)) {  // NaN and inf count as outliers: they stay float
         cols.push_back(k);
@@ -37,25 +57,44 @@ std::vector<int64_t> outlier_columns(const float *x, int64_t M, int64_t K, float
   return cols;
 }
 
+// max |row[k]| over the columns not marked in `outlier` (all of them when it is null).
+float abs_max(const float *row, int64_t K, const char *outlier) {
+  float amax = 0.0f;
+  int64_t k = 0;
+#if GLM_SIMD
+  if (!outlier) {  // every value finite (a non-finite one is an outlier): the max is the same in any order
+    __m256 acc = _mm256_setzero_ps();
+    for (; k + 8 <= K; k += 8) acc = _mm256_max_ps(acc, abs8(_mm256_loadu_ps(row + k)));
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, acc);
+    for (float v : lanes) amax = std::max(amax, v);
+  }
+#endif
+  for (; k < K; k++)
+    if (!outlier || !outlier[k]) amax = std::max(amax, std::fabs(row[k]));
+  return amax;
+}
+
 void quantize_rows(const float *x, int64_t M, int64_t K, int S, Quantized &p) {
-  std::vector<char> outlier((size_t)K, 0);
-  for (int64_t c : p.cols) outlier[c] = 1;
   const int64_t kp = K / S, nc = (int64_t)p.cols.size();
+  std::vector<char> outlier(nc ? (size_t)K : 0, 0);
+  for (int64_t c : p.cols) outlier[c] = 1;
+  const char *marked = nc ? outlier.data() : nullptr;
   p.q.assign((size_t)(M * K), 0);
   p.row_scale.assign((size_t)M, 0.0f);
   p.outliers.assign((size_t)(M * nc), 0.0f);
   for (int64_t m = 0; m < M; m++) {
     const float *row = x + m * K;
-    float amax = 0.0f;
-    for (int64_t k = 0; k < K; k++)
-      if (!outlier[k]) amax = std::max(amax, std::fabs(row[k]));
+    const float amax = abs_max(row, K, marked);
     const float inv = amax > 0.0f ? kQMax / amax : 0.0f;
     p.row_scale[m] = amax / kQMax;
-    for (int64_t k = 0; k < K; k++) {
-      if (outlier[k]) continue;
-      const float v = std::min(kQMax, std::max(-kQMax, std::nearbyint(row[k] * inv)));
-      p.q[m * K + (k % S) * kp + k / S] = (int16_t)v;
-    }
+    int16_t *q = p.q.data() + m * K;
+    for (int64_t j = 0; j < kp; j++)  // column k = j * S + s goes to stream s, step j
+      for (int s = 0; s < S; s++) {
+        const int64_t k = j * S + s;
+        if (marked && marked[k]) continue;
+        q[s * kp + j] = (int16_t)std::min(kQMax, std::max(-kQMax, std::nearbyint(row[k] * inv)));
+      }
     for (int64_t i = 0; i < nc; i++) p.outliers[m * nc + i] = row[p.cols[i]];
   }
 }

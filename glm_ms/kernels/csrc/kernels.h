@@ -88,6 +88,15 @@ inline float half_to_float(uint16_t h) {
 #endif
 }
 
+// n binary16 values as binary32 into dst (8 at a time with F16C).
+inline void halves_to_floats(const uint16_t *h, int64_t n, float *dst) {
+  int64_t i = 0;
+#if GLM_SIMD
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+#endif
+  for (; i < n; i++) dst[i] = half_to_float(h[i]);
+}
+
 // binary32 -> binary16, rounding to nearest even: F16C where built with it, else in software (the same values).
 inline uint16_t float_to_half(float f) {
 #if GLM_SIMD
@@ -247,9 +256,8 @@ struct FloatEnds {
   // x [M, K] as float32: the input itself, or converted into `buffer`.
   const float *input(const Call &c, int64_t count, std::vector<float> &buffer) const {
     if (c.dtype_is(x, "float32")) return (const float *)c.params[x];
-    const uint16_t *h = (const uint16_t *)c.params[x];
     buffer.resize((size_t)count);
-    for (int64_t i = 0; i < count; i++) buffer[i] = half_to_float(h[i]);
+    halves_to_floats((const uint16_t *)c.params[x], count, buffer.data());
     return buffer.data();
   }
 
@@ -266,10 +274,9 @@ struct FloatEnds {
     if (!y_half && bias < 0) return;  // products are y itself
     std::vector<float> b;
     if (bias >= 0) {
-      const bool half = c.dtype_is(bias, "float16");
       b.resize((size_t)N);
-      for (int64_t n = 0; n < N; n++)
-        b[n] = half ? half_to_float(((const uint16_t *)c.params[bias])[n]) : ((const float *)c.params[bias])[n];
+      if (c.dtype_is(bias, "float16")) halves_to_floats((const uint16_t *)c.params[bias], N, b.data());
+      else std::memcpy(b.data(), c.params[bias], (size_t)N * sizeof(float));
     }
     if (!y_half) {
       float *out = (float *)c.params[y];
@@ -278,9 +285,19 @@ struct FloatEnds {
       return;
     }
     uint16_t *out = (uint16_t *)c.params[y];
-    for (int64_t m = 0; m < M; m++)
-      for (int64_t n = 0; n < N; n++)
-        out[m * N + n] = float_to_half(b.empty() ? products[m * N + n] : products[m * N + n] + b[n]);
+    for (int64_t m = 0; m < M; m++) {
+      const float *row = products + m * N;
+      uint16_t *dst = out + m * N;
+      int64_t n = 0;
+#if GLM_SIMD  // F16C rounds to nearest even, as float_to_half does
+      for (; n + 8 <= N; n += 8) {
+        __m256 v = _mm256_loadu_ps(row + n);
+        if (!b.empty()) v = _mm256_add_ps(v, _mm256_loadu_ps(b.data() + n));
+        _mm_storeu_si128((__m128i *)(dst + n), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+      }
+#endif
+      for (; n < N; n++) dst[n] = float_to_half(b.empty() ? row[n] : row[n] + b[n]);
+    }
   }
 };
 
