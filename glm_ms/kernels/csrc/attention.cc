@@ -7,9 +7,9 @@
 // slots and the weighted sum of values, all in float32 (the same values as glm_ms.cells.attention's MindSpore
 // path, up to float32 rounding).
 //
-// A decode step or a short piece (R <= kMaxRows) splits the work by slots: the keys (or values) of one slot, every
-// group, are contiguous, so each thread reads its blocks of slots front to back; the weighted sums are per-thread
-// partial sums, added up at the end. A prompt chunk (more rows) splits it by blocks of kQueryBlock rows, each going
+// A decode step or a short piece (R <= kMaxRows) splits the work by slots (and groups, when there are few slot
+// blocks): the keys (or values) of one slot, every group, are contiguous, so each thread reads its blocks of slots
+// front to back; the weighted sums are per-thread partial sums, added up at the end. A prompt chunk (more rows) splits it by blocks of kQueryBlock rows, each going
 // over the slots a block at a time with a running softmax (flash attention's rule): memory is O(rows * d) whatever
 // W, no scores of rows x W are ever held.
 #include <algorithm>
@@ -25,6 +25,7 @@ namespace {
 
 constexpr int64_t kSlotBlock = 64;  // slots per work item (their values, one group, 32 KiB of float32 at d = 128)
 constexpr int64_t kMaxRows = 64;    // R up to which the work is split by slots (decode steps, short pieces)
+constexpr int64_t kItemsPerThread = 4;  // work items per thread wanted in a decode step (see glm_cached_attention)
 constexpr int64_t kQueryBlock = 64;   // rows per work item of a longer piece (their float32 sums: 32 KiB at d = 128)
 
 struct Shapes {
@@ -39,12 +40,7 @@ inline void to_float(const void *p, bool half, int64_t n, float *dst) {
     std::memcpy(dst, p, (size_t)n * 4);
     return;
   }
-  const uint16_t *h = (const uint16_t *)p;
-  int64_t i = 0;
-#if GLM_SIMD
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
-#endif
-  for (; i < n; i++) dst[i] = half_to_float(h[i]);
+  halves_to_floats((const uint16_t *)p, n, dst);
 }
 
 // n elements as float32: float32 ones where they lie, float16 ones converted into tmp.
@@ -92,11 +88,17 @@ inline void dot_upto4(int n, const float *q, int64_t d, const float *k, float *o
   }
 }
 
-// Scores [b, g, R, W] of slots j0..j1-1 of batch row bi, masked ones set to `masked`.
+// Work items of a decode step or short piece: slots j0..j1-1 of groups g0..g1-1 of batch row bi.
+struct SlotItem {
+  int64_t bi, j0, j1, g0, g1;
+};
+
+// Scores [b, g, R, W] of an item's slots and groups, masked ones set to `masked`.
 void score_slots(const Shapes &t, const float *q, const char *keys, size_t esize, bool half, const uint8_t *mask,
-                 float layer_scale, float masked, int64_t bi, int64_t j0, int64_t j1, float *scores, float *tmp) {
+                 float layer_scale, float masked, const SlotItem &it, float *scores, float *tmp) {
+  const int64_t bi = it.bi, j0 = it.j0, j1 = it.j1;
   for (int64_t j = j0; j < j1; j++)
-    for (int64_t gi = 0; gi < t.g; gi++) {
+    for (int64_t gi = it.g0; gi < it.g1; gi++) {
       const float *k = as_float(keys + (((j * t.b + bi) * t.g + gi) * t.d) * esize, half, t.d, tmp);
       const int64_t bg = bi * t.g + gi;
       float out[4];
@@ -107,7 +109,7 @@ void score_slots(const Shapes &t, const float *q, const char *keys, size_t esize
         for (int u = 0; u < n; u++) scores[(bg * t.R + i + u) * t.ld + j] = out[u] * layer_scale;
       }
     }
-  for (int64_t gi = 0; gi < t.g; gi++)
+  for (int64_t gi = it.g0; gi < it.g1; gi++)
     for (int64_t i = 0; i < t.R; i++) {  // row i is query position i % s
       const uint8_t *m = mask + (bi * t.s + i % t.s) * t.mw;
       float *row = scores + ((bi * t.g + gi) * t.R + i) * t.ld;
@@ -214,11 +216,12 @@ void weigh(const float *p, int64_t ldp, const float *v, int64_t ldv, int64_t d, 
   }
 }
 
-// partial[b, g, R, d] += probs of slots j0..j1-1 of batch row bi times their values: float32 values read where they
+// partial[b, g, R, d] += probs of an item's slots and groups times their values: float32 values read where they
 // lie (slot stride b * g * d), float16 ones converted one group's block at a time into tmp.
-void weigh_slots(const Shapes &t, const float *probs, const char *values, size_t esize, bool half, int64_t bi,
-                 int64_t j0, int64_t j1, float *partial, float *tmp) {
-  for (int64_t gi = 0; gi < t.g; gi++) {
+void weigh_slots(const Shapes &t, const float *probs, const char *values, size_t esize, bool half, const SlotItem &it,
+                 float *partial, float *tmp) {
+  const int64_t bi = it.bi, j0 = it.j0, j1 = it.j1;
+  for (int64_t gi = it.g0; gi < it.g1; gi++) {
     const char *first = values + (((j0 * t.b + bi) * t.g + gi) * t.d) * esize;
     const float *v = (const float *)first;
     int64_t ldv = t.b * t.g * t.d;
@@ -360,6 +363,17 @@ extern "C" int glm_cached_attention(int nparam, void **params, int *ndims, int64
     return kOk;
   }
   std::vector<float> scores((size_t)(rows * t.ld)), inverse((size_t)rows);
+  // A step's few slot blocks (one for the first 64 tokens) are split by groups too, so that every thread has
+  // items: about kItemsPerThread each.
+  const int64_t wanted = kItemsPerThread * omp_get_max_threads();
+  const int64_t chunks = std::min(t.g, std::max<int64_t>(1, (wanted + t.b * blocks - 1) / (t.b * blocks)));
+  const int64_t per_chunk = (t.g + chunks - 1) / chunks;
+  std::vector<SlotItem> items;
+  for (int64_t bi = 0; bi < t.b; bi++)
+    for (int64_t j0 = 0; j0 < t.W; j0 += kSlotBlock)
+      for (int64_t g0 = 0; g0 < t.g; g0 += per_chunk)
+        items.push_back({bi, j0, std::min(t.W, j0 + kSlotBlock), g0, std::min(t.g, g0 + per_chunk)});
+  const int64_t n_items = (int64_t)items.size();
   // One partial sum per thread, added in thread order: the same inputs give the same bits on every call.
   std::vector<float> partials;
 #pragma omp parallel
@@ -368,20 +382,15 @@ extern "C" int glm_cached_attention(int nparam, void **params, int *ndims, int64
 #pragma omp single
     partials.assign((size_t)(omp_get_num_threads() * rows * t.d), 0.0f);
 #pragma omp for schedule(static)
-    for (int64_t item = 0; item < t.b * blocks; item++) {
-      const int64_t j0 = (item % blocks) * kSlotBlock;
-      score_slots(t, q, (const char *)params[1], esize, half, (const uint8_t *)params[3], layer_scale,
-                  masked, item / blocks, j0, std::min(t.W, j0 + kSlotBlock), scores.data(), block.data());
-    }
+    for (int64_t i = 0; i < n_items; i++)
+      score_slots(t, q, (const char *)params[1], esize, half, (const uint8_t *)params[3], layer_scale, masked,
+                  items[i], scores.data(), block.data());
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; r++) inverse[r] = softmax_row(scores.data() + r * t.ld, t.W);
     float *partial = partials.data() + omp_get_thread_num() * rows * t.d;
 #pragma omp for schedule(static)
-    for (int64_t item = 0; item < t.b * blocks; item++) {
-      const int64_t j0 = (item % blocks) * kSlotBlock;
-      weigh_slots(t, scores.data(), (const char *)params[2], esize, half, item / blocks, j0,
-                  std::min(t.W, j0 + kSlotBlock), partial, block.data());
-    }
+    for (int64_t i = 0; i < n_items; i++)
+      weigh_slots(t, scores.data(), (const char *)params[2], esize, half, items[i], partial, block.data());
     const int threads = omp_get_num_threads();
 #pragma omp for schedule(static)
     for (int64_t x = 0; x < rows * t.d; x++) {
