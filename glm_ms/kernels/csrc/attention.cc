@@ -9,9 +9,9 @@
 //
 // A decode step or a short piece (R <= kMaxRows) splits the work by slots (and groups, when there are few slot
 // blocks): the keys (or values) of one slot, every group, are contiguous, so each thread reads its blocks of slots
-// front to back; the weighted sums are per-thread partial sums, added up at the end. A prompt chunk (more rows) splits it by blocks of kQueryBlock rows, each going
-// over the slots a block at a time with a running softmax (flash attention's rule): memory is O(rows * d) whatever
-// W, no scores of rows x W are ever held.
+// front to back; the weighted sums are per-thread partial sums, added up at the end. A prompt chunk (more rows)
+// splits it by blocks of kQueryBlock rows, each going over the slots a block at a time with a running softmax
+// (flash attention's rule): memory is O(rows * d) whatever W, no scores of rows x W are ever held.
 #include <algorithm>
 #include <cmath>
 #include <vector>

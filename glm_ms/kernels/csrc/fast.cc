@@ -32,6 +32,13 @@ inline __m256 abs8(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v)
 
 std::vector<int64_t> outlier_columns(const float *x, int64_t M, int64_t K, float threshold) {
   std::vector<int64_t> cols;
+  auto check = [&](int64_t k) {
+    for (int64_t m = 0; m < M; m++)
+      if (!(std::fabs(x[m * K + k]) <= threshold)) {  // NaN and inf count as outliers: they stay float
+        cols.push_back(k);
+        return;
+      }
+  };
   int64_t k = 0;
 #if GLM_SIMD
   const __m256 limit = _mm256_set1_ps(threshold);
@@ -39,21 +46,11 @@ std::vector<int64_t> outlier_columns(const float *x, int64_t M, int64_t K, float
     int inside = 0xFF;  // columns k..k+7 with |x| <= threshold in every row (a NaN compares false)
     for (int64_t m = 0; m < M && inside == 0xFF; m++)
       inside &= _mm256_movemask_ps(_mm256_cmp_ps(abs8(_mm256_loadu_ps(x + m * K + k)), limit, _CMP_LE_OQ));
-    if (inside == 0xFF) continue;
-    for (int64_t c = k; c < k + 8; c++)
-      for (int64_t m = 0; m < M; m++)
-        if (!(std::fabs(x[m * K + c]) <= threshold)) {
-          cols.push_back(c);
-          break;
-        }
+    if (inside != 0xFF)
+      for (int64_t c = k; c < k + 8; c++) check(c);
   }
 #endif
-  for (; k < K; k++)
-    for (int64_t m = 0; m < M; m++)
-      if (!(std::fabs(x[m * K + k]) <= threshold)) {  // NaN and inf count as outliers: they stay float
-        cols.push_back(k);
-        break;
-      }
+  for (; k < K; k++) check(k);
   return cols;
 }
 
