@@ -102,11 +102,12 @@ def test_every_build_agrees_with_the_portable_one(library, portable_library):
 
 @pytest.mark.parametrize("kind", list(BITS))
 def test_fast_mode_is_the_same_integer_arithmetic_at_every_level(library, portable_library, kind):
-    # Each level sums the integer products in its own lanes and blocks (AVX-512 VNNI, AVX2, scalar); the sums are
-    # exact integers at every level, so the outputs agree bit for bit. Rows at the int16 extremes and weights at the
-    # int8/int4 extremes fill the int32 lanes as far as any input can; K spans several integer blocks and a tail.
+    # Each level sums the integer products in its own lanes and blocks (AVX-512 VNNI, int4 in byte products there,
+    # AVX2, scalar); the sums are exact integers at every level, so the outputs agree bit for bit. Rows at the int16
+    # extremes and weights at the int8/int4 extremes fill the int32 lanes as far as any input can; K spans several
+    # integer blocks and a tail, for int4 in steps of a byte (two columns) too.
     rng = np.random.default_rng(21)
-    n, k = 19, 2 * 2048 + 64 + 18
+    n, k = 19, 2 * (2 * 2048 + 64) + 18
     w = random_weights(n, k, seed=22)
     weight, scale = w.stored(kind)
     weight = weight.copy()

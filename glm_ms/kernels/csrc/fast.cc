@@ -24,6 +24,11 @@ struct Quantized {
   std::vector<float> row_scale;  // x[m, k] ~ q[m, k] * row_scale[m]
   std::vector<int64_t> cols;     // outlier columns, ascending
   std::vector<float> outliers;   // [M][cols.size()]
+  // int4 at the avx512 level only: q = 256 * hi + lo in bytes (hi signed, lo unsigned), laid out as q, and
+  // 8 * the sum of each row's q over the steps the byte products cover (see int4_byte_dots).
+  std::vector<int8_t> hi;
+  std::vector<uint8_t> lo;
+  std::vector<int64_t> nibble_bias;
 };
 
 #if GLM_SIMD
@@ -96,6 +101,25 @@ void quantize_rows(const float *x, int64_t M, int64_t K, int S, Quantized &p) {
   }
 }
 
+#if GLM_AVX512
+constexpr int64_t kByteStep = 64;  // int4 steps per byte product: one 512-bit load of weight bytes
+
+// Fills p.hi, p.lo and p.nibble_bias from p.q for int4 weights (S = 2, kp steps per stream).
+void split_bytes(int64_t M, int64_t kp, Quantized &p) {
+  const int64_t n = (int64_t)p.q.size(), covered = kp - kp % kByteStep;
+  p.hi.resize((size_t)n);
+  p.lo.resize((size_t)n);
+  for (int64_t i = 0; i < n; i++) {
+    p.hi[i] = (int8_t)(p.q[i] >> 8);  // arithmetic shift: q = 256 * hi + lo exactly
+    p.lo[i] = (uint8_t)(p.q[i] & 0xFF);
+  }
+  p.nibble_bias.assign((size_t)M, 0);
+  for (int64_t m = 0; m < M; m++)
+    for (int s = 0; s < 2; s++)
+      for (int64_t j = 0; j < covered; j++) p.nibble_bias[m] += 8 * (int64_t)p.q[(m * 2 + s) * kp + j];
+}
+#endif
+
 #if GLM_SIMD
 inline int64_t hsum_i32(__m256i v) {
   const __m256i wide = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)),
@@ -106,12 +130,61 @@ inline int64_t hsum_i32(__m256i v) {
 }
 #endif
 
-// out[m] = exact integer dot product of q rows m and weight row n.
+#if GLM_AVX512
+// int4 rows in byte products (VNNI vpdpbusd multiplies unsigned by signed bytes): with u = w + 8 in 0..15 (a
+// nibble with its top bit flipped), w * q = u * (256 * hi + lo) - 8 * q, where u * hi is unsigned by signed and
+// lo * u unsigned by signed too. The integers are the same as madd's; one weight load feeds both streams
+// without widening to int16, which halves the work per weight where a core, not memory, is the limit.
+// Adds the dot products of steps [0, returned) to out and returns how many steps that was (whole kByteSteps).
+template <int MR>
+int64_t int4_byte_dots(const Int4Rows &w, const Quantized &p, int64_t m0, int64_t kp, int64_t n, int64_t out[MR]) {
+  constexpr int U = MR == 1 ? 2 : 1;  // independent accumulators: 4 * MR * U
+  const int64_t ldq = 2 * kp, covered = kp - kp % kByteStep;
+  const __m512i flip = _mm512_set1_epi8((char)0x88), nibble = _mm512_set1_epi8(0x0F);
+  // Sums per block stay in int32: a lane adds at most 4 * 255 * 15 per step of 64 bytes.
+  int64_t j = 0;
+  while (j < covered) {
+    const int64_t end = std::min(covered, j + kIntBlock);
+    __m512i high[U][MR][2], low[U][MR][2];
+    for (int u = 0; u < U; u++)
+      for (int m = 0; m < MR; m++)
+        for (int s = 0; s < 2; s++) high[u][m][s] = low[u][m][s] = _mm512_setzero_si512();
+    auto step = [&](int u, int64_t at) {
+      const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(w.address(n, at)), flip);
+      const __m512i us[2] = {_mm512_and_si512(_mm512_srli_epi16(v, 4), nibble), _mm512_and_si512(v, nibble)};
+      for (int m = 0; m < MR; m++)
+        for (int s = 0; s < 2; s++) {
+          const int64_t at_q = (m0 + m) * ldq + s * kp + at;
+          high[u][m][s] = _mm512_dpbusd_epi32(high[u][m][s], us[s], _mm512_loadu_si512(p.hi.data() + at_q));
+          low[u][m][s] = _mm512_dpbusd_epi32(low[u][m][s], _mm512_loadu_si512(p.lo.data() + at_q), us[s]);
+        }
+    };
+    for (; j + kByteStep * U <= end; j += kByteStep * U) {
+      prefetch(w, n, j, kByteStep * U);
+      for (int u = 0; u < U; u++) step(u, j + kByteStep * u);
+    }
+    for (; j < end; j += kByteStep) step(0, j);
+    for (int u = 0; u < U; u++)
+      for (int m = 0; m < MR; m++)
+        for (int s = 0; s < 2; s++)
+          out[m] += 256 * (int64_t)_mm512_reduce_add_epi32(high[u][m][s]) + _mm512_reduce_add_epi32(low[u][m][s]);
+  }
+  for (int m = 0; m < MR; m++) out[m] -= p.nibble_bias[m0 + m];
+  return covered;
+}
+#endif
+
+// out[m] = exact integer dot product of q rows m0 + m and weight row n.
 template <class W, int MR>
-void fast_tile(const W &w, const int16_t *q, int64_t ldq, int64_t kp, int64_t n, int64_t out[MR]) {
+void fast_tile(const W &w, const Quantized &p, int64_t m0, int64_t kp, int64_t n, int64_t out[MR]) {
   constexpr int S = W::S;
+  const int64_t ldq = S * kp;
+  const int16_t *q = p.q.data() + m0 * ldq;
   for (int m = 0; m < MR; m++) out[m] = 0;
   int64_t j = 0;
+#if GLM_AVX512
+  if constexpr (S == 2) j = int4_byte_dots<MR>(w, p, m0, kp, n, out);
+#endif
 #if GLM_SIMD
   constexpr int U = unroll<MR, S>();
   const int64_t kp16 = kp - kp % 16;
@@ -184,11 +257,10 @@ void fast_tile(const W &w, const int16_t *q, int64_t ldq, int64_t kp, int64_t n,
 template <class W, int MR>
 void fast_rows(const W &w, const Quantized &p, int64_t m, int64_t kp, int64_t nb, int64_t ne, int64_t N,
                const uint16_t *scale, float *y) {
-  const int64_t ldq = W::S * kp, nc = (int64_t)p.cols.size();
-  const int16_t *q = p.q.data() + m * ldq;
+  const int64_t nc = (int64_t)p.cols.size();
   int64_t dots[MR];
   for (int64_t n = nb; n < ne; n++) {
-    fast_tile<W, MR>(w, q, ldq, kp, n, dots);
+    fast_tile<W, MR>(w, p, m, kp, n, dots);
     for (int i = 0; i < MR; i++) {
       const float *xo = p.outliers.data() + (m + i) * nc;
       double sum = (double)dots[i] * p.row_scale[m + i];
@@ -244,6 +316,9 @@ int fast_entry(int nparam, void **params, int *ndims, int64_t **shapes, const ch
     else exact_int4(x, wq, scale, M, K, N, y);
   } else {
     quantize_rows(x, M, K, W::S, p);
+#if GLM_AVX512
+    if (W::S == 2) split_bytes(M, K / 2, p);
+#endif
     fast_matmul(W{wq, K / W::S}, p, M, K / W::S, N, scale, y);
   }
   ends.finish(c, y, M, N);
