@@ -24,11 +24,11 @@ struct Quantized {
   std::vector<float> row_scale;  // x[m, k] ~ q[m, k] * row_scale[m]
   std::vector<int64_t> cols;     // outlier columns, ascending
   std::vector<float> outliers;   // [M][cols.size()]
-  // int4 at the avx512 level only: q = 256 * hi + lo in bytes (hi signed, lo unsigned), laid out as q, and
-  // 8 * the sum of each row's q over the steps the byte products cover (see int4_byte_dots).
+  // At the avx512 level only: q = 256 * hi + lo in bytes (hi signed, lo unsigned), laid out as q, and what
+  // flipping the weights' top bit adds to each row's dot products over the steps byte_dots covers.
   std::vector<int8_t> hi;
   std::vector<uint8_t> lo;
-  std::vector<int64_t> nibble_bias;
+  std::vector<int64_t> byte_bias;
 };
 
 #if GLM_SIMD
@@ -102,9 +102,10 @@ void quantize_rows(const float *x, int64_t M, int64_t K, int S, Quantized &p) {
 }
 
 #if GLM_AVX512
-constexpr int64_t kByteStep = 64;  // int4 steps per byte product: one 512-bit load of weight bytes
+constexpr int64_t kByteStep = 64;  // steps per byte product: one 512-bit load of weight bytes
 
-// Fills p.hi, p.lo and p.nibble_bias from p.q for int4 weights (S = 2, kp steps per stream).
+// Fills p.hi, p.lo and p.byte_bias from p.q for weights W (see byte_dots).
+template <class W>
 void split_bytes(int64_t M, int64_t kp, Quantized &p) {
   const int64_t n = (int64_t)p.q.size(), covered = kp - kp % kByteStep;
   p.hi.resize((size_t)n);
@@ -113,10 +114,13 @@ void split_bytes(int64_t M, int64_t kp, Quantized &p) {
     p.hi[i] = (int8_t)(p.q[i] >> 8);  // arithmetic shift: q = 256 * hi + lo exactly
     p.lo[i] = (uint8_t)(p.q[i] & 0xFF);
   }
-  p.nibble_bias.assign((size_t)M, 0);
+  p.byte_bias.assign((size_t)M, 0);
   for (int64_t m = 0; m < M; m++)
-    for (int s = 0; s < 2; s++)
-      for (int64_t j = 0; j < covered; j++) p.nibble_bias[m] += 8 * (int64_t)p.q[(m * 2 + s) * kp + j];
+    for (int s = 0; s < W::S; s++)
+      for (int64_t j = 0; j < covered; j++) {
+        const int64_t i = (m * W::S + s) * kp + j;
+        p.byte_bias[m] += W::S == 2 ? 8 * (int64_t)p.q[i] : 32768 * (int64_t)p.hi[i];
+      }
 }
 #endif
 
@@ -131,32 +135,41 @@ inline int64_t hsum_i32(__m256i v) {
 #endif
 
 #if GLM_AVX512
-// int4 rows in byte products (VNNI vpdpbusd multiplies unsigned by signed bytes): with u = w + 8 in 0..15 (a
-// nibble with its top bit flipped), w * q = u * (256 * hi + lo) - 8 * q, where u * hi is unsigned by signed and
-// lo * u unsigned by signed too. The integers are the same as madd's; one weight load feeds both streams
-// without widening to int16, which halves the work per weight where a core, not memory, is the limit.
-// Adds the dot products of steps [0, returned) to out and returns how many steps that was (whole kByteSteps).
-template <int MR>
-int64_t int4_byte_dots(const Int4Rows &w, const Quantized &p, int64_t m0, int64_t kp, int64_t n, int64_t out[MR]) {
-  constexpr int U = MR == 1 ? 2 : 1;  // independent accumulators: 4 * MR * U
-  const int64_t ldq = 2 * kp, covered = kp - kp % kByteStep;
-  const __m512i flip = _mm512_set1_epi8((char)0x88), nibble = _mm512_set1_epi8(0x0F);
-  // Sums per block stay in int32: a lane adds at most 4 * 255 * 15 per step of 64 bytes.
+// Byte products (VNNI vpdpbusd multiplies unsigned by signed bytes) with q = 256 * hi + lo, hi signed and lo
+// unsigned, and u = w with its top bit flipped (w + 8 in 0..15 for a nibble, w + 128 for a byte):
+//   int4: w * q = u * hi * 256 + lo * u - 8 * q         (u fits a signed byte too)
+//   int8: w * q = u * hi * 256 + lo * w - 32768 * hi
+// The integers are the same as madd's, without widening the weights to int16: half the work per weight where a
+// core, not memory, is the limit. Adds the dot products of steps [0, returned) to out and returns how many steps
+// that was (whole kByteSteps).
+template <class W, int MR>
+int64_t byte_dots(const W &w, const Quantized &p, int64_t m0, int64_t kp, int64_t n, int64_t out[MR]) {
+  constexpr int S = W::S, U = 2 * MR * S >= 8 ? 1 : 8 / (2 * MR * S);  // independent accumulators: 2 * MR * S * U
+  const int64_t ldq = S * kp, covered = kp - kp % kByteStep;
+  const __m512i flip = _mm512_set1_epi8((char)(S == 2 ? 0x88 : 0x80)), nibble = _mm512_set1_epi8(0x0F);
+  // Sums per block stay in int32: a lane adds at most 4 * 255 * 128 per step of 64 bytes.
   int64_t j = 0;
   while (j < covered) {
     const int64_t end = std::min(covered, j + kIntBlock);
-    __m512i high[U][MR][2], low[U][MR][2];
+    __m512i high[U][MR][S], low[U][MR][S];
     for (int u = 0; u < U; u++)
       for (int m = 0; m < MR; m++)
-        for (int s = 0; s < 2; s++) high[u][m][s] = low[u][m][s] = _mm512_setzero_si512();
+        for (int s = 0; s < S; s++) high[u][m][s] = low[u][m][s] = _mm512_setzero_si512();
     auto step = [&](int u, int64_t at) {
-      const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(w.address(n, at)), flip);
-      const __m512i us[2] = {_mm512_and_si512(_mm512_srli_epi16(v, 4), nibble), _mm512_and_si512(v, nibble)};
+      const __m512i v = _mm512_loadu_si512(w.address(n, at)), flipped = _mm512_xor_si512(v, flip);
+      __m512i unsig[S], sig[S];  // the weights as the unsigned and as the signed operand
+      if constexpr (S == 2) {
+        unsig[0] = sig[0] = _mm512_and_si512(_mm512_srli_epi16(flipped, 4), nibble);
+        unsig[1] = sig[1] = _mm512_and_si512(flipped, nibble);
+      } else {
+        unsig[0] = flipped;
+        sig[0] = v;
+      }
       for (int m = 0; m < MR; m++)
-        for (int s = 0; s < 2; s++) {
+        for (int s = 0; s < S; s++) {
           const int64_t at_q = (m0 + m) * ldq + s * kp + at;
-          high[u][m][s] = _mm512_dpbusd_epi32(high[u][m][s], us[s], _mm512_loadu_si512(p.hi.data() + at_q));
-          low[u][m][s] = _mm512_dpbusd_epi32(low[u][m][s], _mm512_loadu_si512(p.lo.data() + at_q), us[s]);
+          high[u][m][s] = _mm512_dpbusd_epi32(high[u][m][s], unsig[s], _mm512_loadu_si512(p.hi.data() + at_q));
+          low[u][m][s] = _mm512_dpbusd_epi32(low[u][m][s], _mm512_loadu_si512(p.lo.data() + at_q), sig[s]);
         }
     };
     for (; j + kByteStep * U <= end; j += kByteStep * U) {
@@ -166,10 +179,10 @@ int64_t int4_byte_dots(const Int4Rows &w, const Quantized &p, int64_t m0, int64_
     for (; j < end; j += kByteStep) step(0, j);
     for (int u = 0; u < U; u++)
       for (int m = 0; m < MR; m++)
-        for (int s = 0; s < 2; s++)
+        for (int s = 0; s < S; s++)
           out[m] += 256 * (int64_t)_mm512_reduce_add_epi32(high[u][m][s]) + _mm512_reduce_add_epi32(low[u][m][s]);
   }
-  for (int m = 0; m < MR; m++) out[m] -= p.nibble_bias[m0 + m];
+  for (int m = 0; m < MR; m++) out[m] -= p.byte_bias[m0 + m];
   return covered;
 }
 #endif
@@ -183,7 +196,7 @@ void fast_tile(const W &w, const Quantized &p, int64_t m0, int64_t kp, int64_t n
   for (int m = 0; m < MR; m++) out[m] = 0;
   int64_t j = 0;
 #if GLM_AVX512
-  if constexpr (S == 2) j = int4_byte_dots<MR>(w, p, m0, kp, n, out);
+  j = byte_dots<W, MR>(w, p, m0, kp, n, out);
 #endif
 #if GLM_SIMD
   constexpr int U = unroll<MR, S>();
@@ -317,7 +330,7 @@ int fast_entry(int nparam, void **params, int *ndims, int64_t **shapes, const ch
   } else {
     quantize_rows(x, M, K, W::S, p);
 #if GLM_AVX512
-    if (W::S == 2) split_bytes(M, K / 2, p);
+    split_bytes<W>(M, K / W::S, p);
 #endif
     fast_matmul(W{wq, K / W::S}, p, M, K / W::S, N, scale, y);
   }
